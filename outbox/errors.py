@@ -1,0 +1,105 @@
+"""The one error hierarchy of s3-outbox. Each error carries the HTTP status a web app should send.
+
+A call that raises one of these has changed nothing in the caller's transaction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class OutboxError(Exception):
+    """Base of every error s3-outbox raises on purpose."""
+
+    http_status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: dict[str, Any] = details
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready body for an HTTP error response."""
+        return {"error": self.code, "message": self.message, **self.details}
+
+
+class InvalidInput(OutboxError):
+    """A malformed argument: a bad id, hash, filename, size or page cursor (HTTP 400)."""
+
+    http_status = 400
+    code = "invalid_input"
+
+
+class ValidationFailed(InvalidInput):
+    """Well-formed but unacceptable input, e.g. a filename longer than allowed (HTTP 422)."""
+
+    http_status = 422
+    code = "validation_failed"
+
+
+class UnsupportedContentType(OutboxError):
+    """The content type is malformed or not in the allowed list (HTTP 415)."""
+
+    http_status = 415
+    code = "unsupported_content_type"
+
+
+class FileTooLarge(OutboxError):
+    """The declared size is above the configured maximum for one upload (HTTP 413)."""
+
+    http_status = 413
+    code = "file_too_large"
+
+
+class QuotaExceeded(OutboxError):
+    """The owner's quota cannot hold the requested bytes (HTTP 413).
+
+    Carries ``used``, ``reserved``, ``limit`` and ``requested`` bytes.
+    """
+
+    http_status = 413
+    code = "quota_exceeded"
+
+    def __init__(self, *, used: int, reserved: int, limit: int, requested: int) -> None:
+        super().__init__(
+            f"quota exceeded: used {used} + reserved {reserved} + requested {requested}"
+            f" > limit {limit} bytes",
+            used=used,
+            reserved=reserved,
+            limit=limit,
+            requested=requested,
+        )
+        self.used = used
+        self.reserved = reserved
+        self.limit = limit
+        self.requested = requested
+
+
+class NotFound(OutboxError):
+    """No such document for this owner. Another owner's document is reported the same way (404)."""
+
+    http_status = 404
+    code = "not_found"
+
+
+class InvalidState(OutboxError):
+    """The document is in a state that does not allow this call, e.g. confirming an expired
+    upload or downloading one not yet available (HTTP 409)."""
+
+    http_status = 409
+    code = "invalid_state"
+
+
+class QuotaBelowUsage(OutboxError):
+    """A new limit would be below what the owner already uses and reserves (HTTP 409)."""
+
+    http_status = 409
+    code = "quota_below_usage"
+
+
+class EventNotFound(OutboxError):
+    """No outbox event with this id (operator CLI; HTTP 404)."""
+
+    http_status = 404
+    code = "event_not_found"

@@ -1,0 +1,113 @@
+"""Configuration from the environment (prefix ``S3OUTBOX_``); every field is in README."""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_CONTENT_TYPES = (
+    "application/pdf",
+    "application/zip",
+    "application/json",
+    "application/octet-stream",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    "image/gif",
+    "image/jpeg",
+    "image/png",
+    "image/webp",
+    "text/csv",
+    "text/markdown",
+    "text/plain",
+)
+
+
+class Settings(BaseSettings):
+    """All settings of s3-outbox. Read from ``S3OUTBOX_<NAME>`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="S3OUTBOX_", extra="ignore", frozen=True)
+
+    # Servers. The defaults are the embedded dev stack's ports (`make run`).
+    database_url: str = "postgresql://postgres@127.0.0.1:55432/postgres"
+    redis_url: str = "redis://127.0.0.1:56379/0"
+    s3_endpoint_url: str = "http://127.0.0.1:58333"
+    s3_public_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str = "s3outbox-dev"
+    s3_secret_access_key: SecretStr = SecretStr("s3outbox-dev-secret")
+    s3_bucket: str = "s3outbox"
+    s3_addressing_style: str = "path"
+    key_prefix: str = "documents/"
+
+    # Upload rules.
+    upload_url_ttl_seconds: int = Field(900, ge=1)
+    upload_url_max_ttl_seconds: int = Field(3600, ge=1, le=7 * 24 * 3600)
+    download_url_ttl_seconds: int = Field(300, ge=1, le=7 * 24 * 3600)
+    max_upload_bytes: int = Field(100 * 1024 * 1024, ge=1)
+    allowed_content_types: Annotated[tuple[str, ...], NoDecode] = DEFAULT_CONTENT_TYPES
+    max_filename_length: int = Field(255, ge=1, le=4096)
+    default_quota_bytes: int = Field(1024 * 1024 * 1024, ge=0)
+
+    # Workers.
+    verify_deadline_seconds: float = Field(120.0, ge=0)
+    verify_full_read_fallback: bool = True
+    retry_base_seconds: float = Field(1.0, gt=0)
+    retry_max_seconds: float = Field(300.0, gt=0)
+    max_failures: int = Field(8, ge=1)
+    redispatch_after_seconds: float = Field(300.0, gt=0)
+    purge_grace_seconds: float = Field(5.0, ge=0)
+    relay_batch_size: int = Field(200, ge=1, le=10_000)
+    relay_poll_seconds: float = Field(1.0, gt=0)
+    sweeper_interval_seconds: float = Field(30.0, gt=0)
+    sweeper_batch_size: int = Field(500, ge=1)
+    done_retention_seconds: float = Field(7 * 24 * 3600.0, ge=0)
+    actor_time_limit_seconds: float = Field(120.0, gt=0)
+    queue_name: str = "s3outbox"
+    worker_pool_size: int = Field(8, ge=1)
+
+    # Observability.
+    metrics_host: str = "127.0.0.1"
+    relay_metrics_port: int = Field(9401, ge=0, le=65535)
+    sweeper_metrics_port: int = Field(9402, ge=0, le=65535)
+    worker_metrics_port: int = Field(9403, ge=0, le=65535)
+    log_level: str = "INFO"
+    log_json: bool = False
+
+    @field_validator("allowed_content_types", mode="before")
+    @classmethod
+    def _split_types(cls, value: object) -> object:
+        # Allow a comma-separated env value as well as JSON.
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                value = json.loads(value)
+            else:
+                value = value.split(",")
+        if isinstance(value, list | tuple):
+            return tuple(str(part).strip().lower() for part in value if str(part).strip())
+        return value
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if value and not value.endswith("/"):
+            value += "/"
+        if value.startswith("/") or ".." in value.split("/"):
+            raise ValueError("key_prefix must be relative and must not contain '..'")
+        return value
+
+    @model_validator(mode="after")
+    def _ttls(self) -> Settings:
+        if self.upload_url_ttl_seconds > self.upload_url_max_ttl_seconds:
+            raise ValueError("upload_url_ttl_seconds exceeds upload_url_max_ttl_seconds")
+        if self.retry_base_seconds > self.retry_max_seconds:
+            raise ValueError("retry_base_seconds exceeds retry_max_seconds")
+        return self
+
+    @cached_property
+    def public_endpoint(self) -> str:
+        """The endpoint that browsers reach storage at; URLs are signed for it."""
+        return self.s3_public_endpoint_url or self.s3_endpoint_url
