@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from functools import cached_property
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     s3_access_key_id: str = "s3outbox-dev"
     s3_secret_access_key: SecretStr = SecretStr("s3outbox-dev-secret")
     s3_bucket: str = "s3outbox"
-    s3_addressing_style: str = "path"
+    s3_addressing_style: Literal["path", "virtual", "auto"] = "path"
     key_prefix: str = "documents/"
 
     # Upload rules.
@@ -82,10 +82,7 @@ class Settings(BaseSettings):
     def _split_types(cls, value: object) -> object:
         # Allow a comma-separated env value as well as JSON.
         if isinstance(value, str):
-            if value.lstrip().startswith("["):
-                value = json.loads(value)
-            else:
-                value = value.split(",")
+            value = json.loads(value) if value.lstrip().startswith("[") else value.split(",")
         if isinstance(value, list | tuple):
             return tuple(str(part).strip().lower() for part in value if str(part).strip())
         return value

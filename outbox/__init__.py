@@ -1,0 +1,50 @@
+"""s3-outbox: keep PostgreSQL rows and S3 objects consistent for user uploads.
+
+The web app imports this package. Every call writes rows and outbox events in the app's own
+transaction; workers (the ``worker`` package) make the side effects on storage later.
+"""
+
+from outbox.api import Outbox
+from outbox.constants import LIVE_STATUSES, DocumentStatus, EventStatus, Topic
+from outbox.db import migrate
+from outbox.errors import (
+    EventNotFound,
+    FileTooLarge,
+    InvalidInput,
+    InvalidState,
+    NotFound,
+    OutboxError,
+    QuotaBelowUsage,
+    QuotaExceeded,
+    UnsupportedContentType,
+    ValidationFailed,
+)
+from outbox.logs import log_context
+from outbox.models import Document, DocumentPage, DownloadTicket, Quota, UploadTicket
+from outbox.settings import Settings
+
+__all__ = [
+    "LIVE_STATUSES",
+    "Document",
+    "DocumentPage",
+    "DocumentStatus",
+    "DownloadTicket",
+    "EventNotFound",
+    "EventStatus",
+    "FileTooLarge",
+    "InvalidInput",
+    "InvalidState",
+    "NotFound",
+    "Outbox",
+    "OutboxError",
+    "Quota",
+    "QuotaBelowUsage",
+    "QuotaExceeded",
+    "Settings",
+    "Topic",
+    "UnsupportedContentType",
+    "UploadTicket",
+    "ValidationFailed",
+    "log_context",
+    "migrate",
+]

@@ -1,0 +1,388 @@
+"""The library a web app calls. Every call takes the app's psycopg connection and works inside
+the app's transaction: it writes rows and outbox events, never commits, and makes no network
+call to storage (presigning is local HMAC work)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import psycopg
+
+from outbox import validation
+from outbox.constants import DocumentStatus
+from outbox.db import atomic, library_queries, reading
+from outbox.errors import InvalidInput, InvalidState, NotFound, QuotaBelowUsage, QuotaExceeded
+from outbox.logs import current_trace_id, log_context, new_trace_id
+from outbox.models import Document, DocumentPage, DownloadTicket, Quota, UploadTicket
+from outbox.presign import Presigner, object_key
+from outbox.settings import Settings
+
+log = logging.getLogger("s3outbox.api")
+Conn = psycopg.Connection[Any]
+
+
+def _trace(trace_id: str | None) -> str:
+    return trace_id or current_trace_id() or new_trace_id()
+
+
+class Outbox:
+    """Entry point of the library. Create one per process and share it (thread-safe).
+
+    >>> outbox = Outbox()                      # settings from S3OUTBOX_* variables
+    >>> with psycopg.connect(url) as conn:     # your connection, your transaction
+    ...     ticket = outbox.request_upload(conn, owner_id="u1", filename="a.pdf",
+    ...                                    content_type="application/pdf", size=123,
+    ...                                    sha256="...")
+    ...     conn.commit()
+    """
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self.presigner = Presigner(self.settings)
+        self._q = library_queries()
+
+    # -- uploads -------------------------------------------------------------------------
+
+    def request_upload(
+        self,
+        conn: Conn,
+        *,
+        owner_id: str,
+        filename: str,
+        content_type: str,
+        size: int,
+        sha256: str,
+        expires_in: int | None = None,
+        now: datetime | None = None,
+        trace_id: str | None = None,
+    ) -> UploadTicket:
+        """Reserve ``size`` bytes of the owner's quota and return a presigned PUT.
+
+        The same content (SHA-256) already uploaded or available for this owner returns that
+        document and no URL; the same content still pending returns the same document with a
+        fresh URL and no second reservation.
+
+        Raises:
+            InvalidInput (400): bad owner id, size or SHA-256.
+            ValidationFailed (422): bad filename (empty, too long, control/bidi characters,
+                path separators, only dots).
+            UnsupportedContentType (415): malformed or not allowed content type.
+            FileTooLarge (413): size above ``max_upload_bytes``.
+            QuotaExceeded (413): used + reserved + size > limit; carries the figures.
+        """
+        owner = validation.owner_id(owner_id)
+        name = validation.filename(filename, self.settings)
+        ctype = validation.content_type(content_type, self.settings)
+        nbytes = validation.size(size, self.settings)
+        digest = validation.sha256_hex(sha256)
+        ttl = validation.ttl(
+            self.settings.upload_url_ttl_seconds if expires_in is None else expires_in,
+            self.settings.upload_url_max_ttl_seconds,
+        )
+        trace = _trace(trace_id)
+        expires_at = (now or datetime.now(UTC)) + timedelta(seconds=ttl)
+        with atomic(conn) as cur:
+            quota = cur.execute(
+                self._q["lock_quota"],
+                {"owner_id": owner, "default_limit": self.settings.default_quota_bytes},
+            ).fetchone()
+            assert quota is not None
+            dup = cur.execute(
+                self._q["find_live_duplicate"], {"owner_id": owner, "sha256": digest}
+            ).fetchone()
+            if dup is not None and dup["status"] != DocumentStatus.PENDING:
+                doc = Document.from_row(dup)
+                with log_context(trace_id=trace, document_id=doc.id):
+                    log.info("upload deduplicated", extra={"status": doc.status.value})
+                return UploadTicket(
+                    document=doc, url=None, headers={}, expires_at=None, deduplicated=True
+                )
+            if dup is not None:
+                row = cur.execute(
+                    self._q["refresh_pending_upload"],
+                    {"id": dup["id"], "expires_at": expires_at, "now": now},
+                ).fetchone()
+                deduplicated = True
+            else:
+                doc_id = uuid.uuid4()
+                row = cur.execute(
+                    self._q["reserve_and_insert_document"],
+                    {
+                        "id": doc_id,
+                        "owner_id": owner,
+                        "object_key": object_key(self.settings, doc_id),
+                        "filename": name,
+                        "content_type": ctype,
+                        "size": nbytes,
+                        "sha256": digest,
+                        "expires_at": expires_at,
+                        "trace_id": trace,
+                        "now": now,
+                    },
+                ).fetchone()
+                deduplicated = False
+                if row is None:
+                    raise QuotaExceeded(
+                        used=quota["used_bytes"],
+                        reserved=quota["reserved_bytes"],
+                        limit=quota["limit_bytes"],
+                        requested=nbytes,
+                    )
+        assert row is not None
+        doc = Document.from_row(row)
+        url, headers = self.presigner.put_url(
+            key=doc.object_key,
+            content_type=doc.content_type,
+            size=doc.declared_size,
+            sha256_hex=doc.sha256,
+            expires_in=ttl,
+        )
+        with log_context(trace_id=trace, document_id=doc.id):
+            log.info("upload requested", extra={"size": doc.declared_size})
+        return UploadTicket(
+            document=doc,
+            url=url,
+            headers=headers,
+            expires_at=doc.upload_expires_at,
+            deduplicated=deduplicated,
+        )
+
+    def confirm(
+        self,
+        conn: Conn,
+        *,
+        owner_id: str,
+        document_id: UUID | str,
+        now: datetime | None = None,
+        trace_id: str | None = None,
+    ) -> Document:
+        """The client says the upload finished: ``pending -> uploaded`` and a verify event.
+        Confirming twice is harmless (returns the document as it is).
+
+        Raises:
+            InvalidInput (400): bad owner id or document id.
+            NotFound (404): no such document for this owner.
+            InvalidState (409): the document was rejected, expired or is being deleted.
+        """
+        owner = validation.owner_id(owner_id)
+        doc_id = validation.document_id(document_id)
+        trace = _trace(trace_id)
+        with atomic(conn) as cur:
+            row = cur.execute(
+                self._q["confirm_document"],
+                {"id": doc_id, "owner_id": owner, "now": now, "trace_id": trace},
+            ).fetchone()
+            if row is None:
+                row = self._get_row(cur, owner, doc_id)
+                if row["status"] not in (DocumentStatus.UPLOADED, DocumentStatus.AVAILABLE):
+                    raise InvalidState(
+                        f"cannot confirm a document that is {row['status']}",
+                        status=row["status"],
+                    )
+                return Document.from_row(row)
+        doc = Document.from_row(row)
+        with log_context(trace_id=trace, document_id=doc.id):
+            log.info("upload confirmed")
+        return doc
+
+    def delete(
+        self,
+        conn: Conn,
+        *,
+        owner_id: str,
+        document_id: UUID | str,
+        now: datetime | None = None,
+        trace_id: str | None = None,
+    ) -> Document:
+        """Delete a document: ``deleting`` plus a purge event; a worker deletes the blob only
+        after this commits. A rejected or expired document becomes ``deleted`` at once.
+        Deleting twice is harmless.
+
+        Raises:
+            InvalidInput (400): bad owner id or document id.
+            NotFound (404): no such document for this owner.
+        """
+        owner = validation.owner_id(owner_id)
+        doc_id = validation.document_id(document_id)
+        trace = _trace(trace_id)
+        params = {"id": doc_id, "owner_id": owner, "now": now, "trace_id": trace}
+        with atomic(conn) as cur:
+            row = cur.execute(self._q["delete_live_document"], params).fetchone()
+            if row is None:
+                row = cur.execute(self._q["hide_finished_document"], params).fetchone()
+            if row is None:
+                row = self._get_row(cur, owner, doc_id)
+        doc = Document.from_row(row)
+        with log_context(trace_id=trace, document_id=doc.id):
+            log.info("delete requested", extra={"status": doc.status.value})
+        return doc
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def get(self, conn: Conn, *, owner_id: str, document_id: UUID | str) -> Document:
+        """One document of this owner.
+
+        Raises:
+            InvalidInput (400): bad owner id or document id.
+            NotFound (404): no such document for this owner.
+        """
+        owner = validation.owner_id(owner_id)
+        doc_id = validation.document_id(document_id)
+        with reading(conn) as cur:
+            return Document.from_row(self._get_row(cur, owner, doc_id))
+
+    def download_url(
+        self,
+        conn: Conn,
+        *,
+        owner_id: str,
+        document_id: UUID | str,
+        expires_in: int | None = None,
+    ) -> DownloadTicket:
+        """A short-lived presigned GET, only for an ``available`` document of this owner.
+        The response carries Content-Disposition with the original filename (RFC 6266).
+
+        Raises:
+            InvalidInput (400): bad ids, or ``expires_in`` above ``download_url_ttl_seconds``.
+            NotFound (404): no such document for this owner.
+            InvalidState (409): the document is not available (yet, or any more).
+        """
+        doc = self.get(conn, owner_id=owner_id, document_id=document_id)
+        ttl = validation.ttl(
+            self.settings.download_url_ttl_seconds if expires_in is None else expires_in,
+            self.settings.download_url_ttl_seconds,
+        )
+        if doc.status != DocumentStatus.AVAILABLE:
+            raise InvalidState(
+                f"document is {doc.status.value}, not available", status=doc.status.value
+            )
+        url = self.presigner.get_url(
+            key=doc.object_key,
+            filename=doc.filename,
+            content_type=doc.content_type,
+            expires_in=ttl,
+        )
+        return DownloadTicket(
+            document_id=doc.id, url=url, expires_at=datetime.now(UTC) + timedelta(seconds=ttl)
+        )
+
+    def list(
+        self,
+        conn: Conn,
+        *,
+        owner_id: str,
+        limit: int = 50,
+        cursor: str | None = None,
+        status: DocumentStatus | str | None = None,
+        include_deleted: bool = False,
+    ) -> DocumentPage:
+        """An owner's documents, newest first, ``limit`` at a time.
+
+        Raises:
+            InvalidInput (400): bad owner id, limit (1..500), cursor or status.
+        """
+        owner = validation.owner_id(owner_id)
+        size = validation.page_limit(limit)
+        after_created, after_id = _decode_cursor(cursor)
+        if status is not None:
+            try:
+                status = DocumentStatus(status)
+            except ValueError:
+                raise InvalidInput(f"unknown status {status!r}") from None
+        with reading(conn) as cur:
+            rows = cur.execute(
+                self._q["list_documents"],
+                {
+                    "owner_id": owner,
+                    "status": status.value if status is not None else None,
+                    "include_deleted": include_deleted,
+                    "after_created": after_created,
+                    "after_id": after_id,
+                    "limit": size + 1,
+                },
+            ).fetchall()
+        items = [Document.from_row(r) for r in rows[:size]]
+        next_cursor = _encode_cursor(items[-1]) if len(rows) > size else None
+        return DocumentPage(items=items, next_cursor=next_cursor)
+
+    # -- quotas --------------------------------------------------------------------------
+
+    def quota(self, conn: Conn, *, owner_id: str) -> Quota:
+        """An owner's quota. An owner never seen has the default limit and nothing used.
+
+        Raises:
+            InvalidInput (400): bad owner id.
+        """
+        owner = validation.owner_id(owner_id)
+        with reading(conn) as cur:
+            row = cur.execute(self._q["get_quota"], {"owner_id": owner}).fetchone()
+        if row is None:
+            return Quota(
+                owner_id=owner,
+                limit_bytes=self.settings.default_quota_bytes,
+                used_bytes=0,
+                reserved_bytes=0,
+            )
+        return Quota.model_validate(row)
+
+    def set_limit(self, conn: Conn, *, owner_id: str, limit_bytes: int) -> Quota:
+        """Set an owner's quota limit.
+
+        Raises:
+            InvalidInput (400): bad owner id or limit.
+            QuotaBelowUsage (409): the limit is below what the owner uses and reserves now.
+        """
+        owner = validation.owner_id(owner_id)
+        limit = validation.limit_bytes(limit_bytes)
+        with atomic(conn) as cur:
+            row = cur.execute(
+                self._q["set_quota_limit"], {"owner_id": owner, "limit": limit}
+            ).fetchone()
+            if row is None:
+                current = cur.execute(self._q["get_quota"], {"owner_id": owner}).fetchone()
+                assert current is not None
+                raise QuotaBelowUsage(
+                    f"limit {limit} is below used + reserved bytes",
+                    used=current["used_bytes"],
+                    reserved=current["reserved_bytes"],
+                    limit=limit,
+                )
+        return Quota.model_validate(row)
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _get_row(
+        self, cur: psycopg.Cursor[dict[str, Any]], owner: str, doc_id: UUID
+    ) -> dict[str, Any]:
+        row = cur.execute(self._q["get_document"], {"id": doc_id, "owner_id": owner}).fetchone()
+        if row is None:
+            # The same answer whether the id is unknown or another owner's: reveal nothing.
+            raise NotFound("document not found")
+        return row
+
+
+def _encode_cursor(doc: Document) -> str:
+    raw = f"{doc.created_at.isoformat()}|{doc.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def _decode_cursor(cursor: str | None) -> tuple[datetime | None, UUID | None]:
+    if cursor is None:
+        return None, None
+    try:
+        if not isinstance(cursor, str) or len(cursor) > 200:
+            raise ValueError
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, _, ident = raw.partition("|")
+        when = datetime.fromisoformat(created)
+        if when.tzinfo is None:
+            raise ValueError
+        return when, UUID(ident)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidInput("invalid page cursor") from None

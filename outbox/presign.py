@@ -1,0 +1,121 @@
+"""Presigned URLs: local HMAC work, never a network call to storage.
+
+URLs are signed for the *public* endpoint (what browsers reach), which may differ from the
+internal endpoint the workers use.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import unicodedata
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+from uuid import UUID
+
+import boto3
+from botocore.config import Config
+
+from outbox.settings import Settings
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+# RFC 5987 attr-char: everything else in a filename* value is percent-encoded.
+_ATTR_CHARS = "!#$&+-.^_`|~"
+
+
+def object_key(settings: Settings, document_id: UUID) -> str:
+    """The server-made key of a document's object (invariant 8: no user input in it)."""
+    return f"{settings.key_prefix}{document_id}"
+
+
+def sha256_b64(sha256_hex: str) -> str:
+    """The base64 form S3 uses for ``x-amz-checksum-sha256``."""
+    return base64.b64encode(bytes.fromhex(sha256_hex)).decode("ascii")
+
+
+def content_disposition(filename: str) -> str:
+    """``attachment`` with an ASCII fallback and an RFC 5987 UTF-8 name (RFC 6266)."""
+    ascii_name = "".join(
+        ch if 0x20 <= ord(ch) < 0x7F and ch not in '"\\%' else "_"
+        for ch in unicodedata.normalize("NFKD", filename)
+        if not unicodedata.combining(ch)
+    )
+    encoded = quote(filename, safe=_ATTR_CHARS, encoding="utf-8")
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{encoded}"
+
+
+def make_client(settings: Settings, endpoint_url: str) -> S3Client:
+    """A boto3 S3 client for one endpoint, configured from settings."""
+    client: S3Client = boto3.session.Session().client(
+        "s3",
+        endpoint_url=endpoint_url,
+        region_name=settings.s3_region,
+        aws_access_key_id=settings.s3_access_key_id,
+        aws_secret_access_key=settings.s3_secret_access_key.get_secret_value(),
+        config=Config(
+            signature_version="s3v4",
+            s3={"addressing_style": settings.s3_addressing_style},
+            retries={"mode": "standard", "max_attempts": 3},
+            connect_timeout=5,
+            read_timeout=30,
+            # Only send checksums we ask for, so signed headers are exactly ours.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        ),
+    )
+    return client
+
+
+class Presigner:
+    """Signs PUT and GET URLs for the public storage endpoint. Thread-safe."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._client: S3Client | None = None
+
+    @property
+    def client(self) -> S3Client:
+        # Creating a boto3 client costs tens of milliseconds: once per Presigner.
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = make_client(self._settings, self._settings.public_endpoint)
+        return self._client
+
+    def put_url(
+        self, *, key: str, content_type: str, size: int, sha256_hex: str, expires_in: int
+    ) -> tuple[str, dict[str, str]]:
+        """A PUT URL that signs Content-Type, Content-Length and x-amz-checksum-sha256,
+        so storage refuses any other body; and the headers the client must send."""
+        checksum = sha256_b64(sha256_hex)
+        params: dict[str, Any] = {
+            "Bucket": self._settings.s3_bucket,
+            "Key": key,
+            "ContentType": content_type,
+            "ContentLength": size,
+            "ChecksumSHA256": checksum,
+        }
+        url = self.client.generate_presigned_url(
+            "put_object", Params=params, ExpiresIn=expires_in, HttpMethod="PUT"
+        )
+        headers = {
+            "Content-Type": content_type,
+            "Content-Length": str(size),
+            "x-amz-checksum-sha256": checksum,
+        }
+        return url, headers
+
+    def get_url(self, *, key: str, filename: str, content_type: str, expires_in: int) -> str:
+        """A GET URL whose response carries a safe Content-Disposition with the filename."""
+        params: dict[str, Any] = {
+            "Bucket": self._settings.s3_bucket,
+            "Key": key,
+            "ResponseContentDisposition": content_disposition(filename),
+            "ResponseContentType": content_type,
+        }
+        return self.client.generate_presigned_url(
+            "get_object", Params=params, ExpiresIn=expires_in, HttpMethod="GET"
+        )

@@ -1,0 +1,137 @@
+-- Named queries of the library a web app calls. Every one runs in the caller's transaction.
+-- `now` is a parameter everywhere time matters: NULL means the database's now().
+-- Status and topic literals here are DocumentStatus / EventStatus / Topic values
+-- (tests/test_sql_names.py checks that).
+
+-- name: lock_quota
+-- Create the owner's quota row if new, and lock it until the caller's transaction ends.
+-- This serialises one owner's upload requests: de-duplication and reservation cannot race.
+INSERT INTO s3outbox.quotas AS q (owner_id, limit_bytes)
+VALUES (%(owner_id)s, %(default_limit)s)
+ON CONFLICT (owner_id) DO UPDATE SET owner_id = q.owner_id
+RETURNING q.owner_id, q.limit_bytes, q.used_bytes, q.reserved_bytes;
+
+-- name: find_live_duplicate
+SELECT d.*
+FROM s3outbox.documents d
+WHERE d.owner_id = %(owner_id)s
+  AND d.sha256 = %(sha256)s
+  AND d.status IN ('pending', 'uploaded', 'available')
+LIMIT 1;
+
+-- name: refresh_pending_upload
+-- A second request for content still pending gets a fresh URL for the same document.
+UPDATE s3outbox.documents d
+SET upload_expires_at = %(expires_at)s,
+    expire_requested_at = NULL,
+    updated_at = coalesce(%(now)s::timestamptz, now())
+WHERE d.id = %(id)s AND d.status = 'pending'
+RETURNING d.*;
+
+-- name: reserve_and_insert_document
+-- One statement: the reservation and the row exist together or not at all.
+WITH reserved AS (
+    UPDATE s3outbox.quotas q
+    SET reserved_bytes = q.reserved_bytes + %(size)s,
+        updated_at = coalesce(%(now)s::timestamptz, now())
+    WHERE q.owner_id = %(owner_id)s
+      AND q.used_bytes + q.reserved_bytes + %(size)s <= q.limit_bytes
+    RETURNING q.owner_id
+)
+INSERT INTO s3outbox.documents AS d (
+    id, owner_id, object_key, filename, content_type, declared_size, sha256,
+    reserved_bytes, upload_expires_at, trace_id, created_at, updated_at
+)
+SELECT %(id)s, reserved.owner_id, %(object_key)s, %(filename)s, %(content_type)s, %(size)s,
+       %(sha256)s, %(size)s, %(expires_at)s, %(trace_id)s,
+       coalesce(%(now)s::timestamptz, now()), coalesce(%(now)s::timestamptz, now())
+FROM reserved
+RETURNING d.*;
+
+-- name: get_document
+SELECT d.* FROM s3outbox.documents d WHERE d.id = %(id)s AND d.owner_id = %(owner_id)s;
+
+-- name: confirm_document
+-- pending -> uploaded and its verify event, in one statement.
+WITH confirmed AS (
+    UPDATE s3outbox.documents d
+    SET status = 'uploaded',
+        confirmed_at = coalesce(%(now)s::timestamptz, now()),
+        updated_at = coalesce(%(now)s::timestamptz, now()),
+        trace_id = coalesce(%(trace_id)s, d.trace_id)
+    WHERE d.id = %(id)s AND d.owner_id = %(owner_id)s AND d.status = 'pending'
+    RETURNING d.*
+), event AS (
+    INSERT INTO s3outbox.events (topic, document_id, trace_id, available_at, created_at, updated_at)
+    SELECT 'verify', c.id, c.trace_id, coalesce(%(now)s::timestamptz, now()),
+           coalesce(%(now)s::timestamptz, now()), coalesce(%(now)s::timestamptz, now())
+    FROM confirmed c
+)
+SELECT * FROM confirmed;
+
+-- name: delete_live_document
+-- A live document -> deleting, its unverified reservation released, and a purge event;
+-- the worker deletes the blob only after this commits (invariant 3).
+WITH target AS (
+    SELECT d.id, d.owner_id, d.reserved_bytes
+    FROM s3outbox.documents d
+    WHERE d.id = %(id)s AND d.owner_id = %(owner_id)s
+      AND d.status IN ('pending', 'uploaded', 'available')
+    FOR UPDATE
+), deleting AS (
+    UPDATE s3outbox.documents d
+    SET status = 'deleting',
+        reserved_bytes = 0,
+        delete_requested_at = coalesce(%(now)s::timestamptz, now()),
+        updated_at = coalesce(%(now)s::timestamptz, now()),
+        trace_id = coalesce(%(trace_id)s, d.trace_id)
+    FROM target
+    WHERE d.id = target.id
+    RETURNING d.*
+), released AS (
+    UPDATE s3outbox.quotas q
+    SET reserved_bytes = q.reserved_bytes - target.reserved_bytes,
+        updated_at = coalesce(%(now)s::timestamptz, now())
+    FROM target
+    WHERE q.owner_id = target.owner_id AND target.reserved_bytes > 0
+), event AS (
+    INSERT INTO s3outbox.events (topic, document_id, trace_id, available_at, created_at, updated_at)
+    SELECT 'purge', x.id, x.trace_id, coalesce(%(now)s::timestamptz, now()),
+           coalesce(%(now)s::timestamptz, now()), coalesce(%(now)s::timestamptz, now())
+    FROM deleting x
+)
+SELECT * FROM deleting;
+
+-- name: hide_finished_document
+-- A rejected or expired document (its blob already purged or being purged) -> deleted.
+UPDATE s3outbox.documents d
+SET status = 'deleted',
+    delete_requested_at = coalesce(%(now)s::timestamptz, now()),
+    updated_at = coalesce(%(now)s::timestamptz, now())
+WHERE d.id = %(id)s AND d.owner_id = %(owner_id)s AND d.status IN ('rejected', 'expired')
+RETURNING d.*;
+
+-- name: list_documents
+-- Keyset pagination, newest first. Deleted documents only when asked for.
+SELECT d.*
+FROM s3outbox.documents d
+WHERE d.owner_id = %(owner_id)s
+  AND (%(status)s::text IS NULL OR d.status = %(status)s::text)
+  AND (%(include_deleted)s OR d.status <> 'deleted' OR %(status)s::text = 'deleted')
+  AND (%(after_created)s::timestamptz IS NULL
+       OR (d.created_at, d.id) < (%(after_created)s::timestamptz, %(after_id)s::uuid))
+ORDER BY d.created_at DESC, d.id DESC
+LIMIT %(limit)s;
+
+-- name: get_quota
+SELECT q.owner_id, q.limit_bytes, q.used_bytes, q.reserved_bytes
+FROM s3outbox.quotas q WHERE q.owner_id = %(owner_id)s;
+
+-- name: set_quota_limit
+-- Never below what is used and reserved (invariant 4); no row back means refused.
+INSERT INTO s3outbox.quotas AS q (owner_id, limit_bytes)
+VALUES (%(owner_id)s, %(limit)s)
+ON CONFLICT (owner_id) DO UPDATE
+SET limit_bytes = EXCLUDED.limit_bytes, updated_at = now()
+WHERE q.used_bytes + q.reserved_bytes <= EXCLUDED.limit_bytes
+RETURNING q.owner_id, q.limit_bytes, q.used_bytes, q.reserved_bytes;

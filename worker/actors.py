@@ -1,0 +1,105 @@
+"""Dramatiq actors: one per outbox topic. Run them with the ordinary Dramatiq CLI::
+
+    dramatiq worker.actors --processes 2 --threads 8
+
+Each message carries only (event_id, attempt); the actor reads the rest from PostgreSQL,
+does the work, and marks the event done in the same transaction as its writes.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+# Metrics of all worker processes are merged through prometheus_client's multiprocess mode.
+# The directory is per Dramatiq run: worker processes and the metrics fork share the parent.
+# This must happen before anything imports prometheus_client.
+os.environ.setdefault(
+    "PROMETHEUS_MULTIPROC_DIR",
+    os.path.join(tempfile.gettempdir(), f"s3outbox-prom-{os.getppid()}"),
+)
+os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+
+import logging  # noqa: E402
+import threading  # noqa: E402
+from typing import Any  # noqa: E402
+
+import dramatiq  # noqa: E402
+from dramatiq.middleware import Middleware  # noqa: E402
+
+from outbox.constants import Topic  # noqa: E402
+from outbox.logs import configure as configure_logging  # noqa: E402
+from outbox.settings import Settings  # noqa: E402
+from worker import metrics  # noqa: E402
+from worker.broker import ACTOR_NAMES, make_broker  # noqa: E402
+from worker.handlers import EventProcessor, make_pool  # noqa: E402
+from worker.storage import Storage  # noqa: E402
+
+log = logging.getLogger("s3outbox.actors")
+settings = Settings()
+_processor: EventProcessor | None = None
+_lock = threading.Lock()
+
+
+def processor() -> EventProcessor:
+    """This process's event processor, created on first use (after Dramatiq forks)."""
+    global _processor
+    if _processor is None:
+        with _lock:
+            if _processor is None:
+                _processor = EventProcessor(settings, make_pool(settings), Storage(settings))
+    return _processor
+
+
+def serve_worker_metrics() -> int:
+    """Dramatiq fork function: one metrics endpoint for all worker processes of this run."""
+    metrics.serve_multiprocess(settings, settings.worker_metrics_port)
+    return 0
+
+
+class WorkerSetup(Middleware):
+    """Logging per process, the metrics fork, and multiprocess metrics clean-up."""
+
+    @property
+    def forks(self) -> list[Any]:
+        return [serve_worker_metrics] if settings.worker_metrics_port else []
+
+    def after_process_boot(self, broker: dramatiq.Broker) -> None:
+        configure_logging(settings.log_level, settings.log_json)
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+        if _processor is not None:
+            _processor.pool.close()
+
+
+broker = make_broker(settings)
+broker.add_middleware(WorkerSetup())
+dramatiq.set_broker(broker)
+
+_ACTOR_OPTIONS: dict[str, Any] = {
+    "queue_name": settings.queue_name,
+    # Retries live in the outbox table (survive Redis losing its data), not in Redis.
+    "max_retries": 0,
+    "time_limit": int(settings.actor_time_limit_seconds * 1000),
+}
+
+
+@dramatiq.actor(actor_name=ACTOR_NAMES[Topic.VERIFY], **_ACTOR_OPTIONS)
+def verify(event_id: int, attempt: int) -> None:
+    """Check an uploaded object (HeadObject) and make its document available or rejected."""
+    processor().process(event_id, attempt)
+
+
+@dramatiq.actor(actor_name=ACTOR_NAMES[Topic.EXPIRE], **_ACTOR_OPTIONS)
+def expire(event_id: int, attempt: int) -> None:
+    """Finish an upload whose URL expired unconfirmed: available if the object matches."""
+    processor().process(event_id, attempt)
+
+
+@dramatiq.actor(actor_name=ACTOR_NAMES[Topic.PURGE], **_ACTOR_OPTIONS)
+def purge(event_id: int, attempt: int) -> None:
+    """Delete the object of a document that is no longer live."""
+    processor().process(event_id, attempt)

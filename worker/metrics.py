@@ -1,0 +1,124 @@
+"""Prometheus metrics. Each process serves them on its own port (127.0.0.1 by default).
+
+Relay and sweeper also export the outbox's state straight from the database at scrape time:
+rows by state and the lag (age of the oldest pending and oldest dispatched event).
+Dramatiq worker processes run in prometheus_client's multiprocess mode (see worker.actors).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import psycopg
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import REGISTRY, Collector
+
+from outbox import queries
+from outbox.settings import Settings
+
+log = logging.getLogger("s3outbox.metrics")
+
+EVENTS_DISPATCHED = Counter(
+    "s3outbox_events_dispatched_total", "Events sent to the broker by a relay.", ["topic"]
+)
+EVENTS_REDISPATCHED = Counter(
+    "s3outbox_events_redispatched_total",
+    "Dispatched events found unfinished after redispatch_after_seconds and sent again.",
+    ["topic"],
+)
+EVENTS_DONE = Counter("s3outbox_events_done_total", "Events handled to completion.", ["topic"])
+EVENTS_RETRIED = Counter(
+    "s3outbox_events_retried_total", "Failed attempts that will be retried.", ["topic"]
+)
+EVENTS_SNOOZED = Counter(
+    "s3outbox_events_snoozed_total",
+    "Verifications postponed because the object was not visible yet.",
+    ["topic"],
+)
+EVENTS_DEAD = Counter(
+    "s3outbox_events_dead_total", "Events that failed their last attempt.", ["topic"]
+)
+DOCUMENT_OUTCOMES = Counter(
+    "s3outbox_document_transitions_total", "Document state changes made by workers.", ["status"]
+)
+ACTOR_DURATION = Histogram(
+    "s3outbox_actor_duration_seconds",
+    "Time to handle one event, storage calls included.",
+    ["topic", "outcome"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+SWEEPS = Counter("s3outbox_sweeper_rows_total", "Rows handled by sweeper jobs.", ["job"])
+RELAY_BATCHES = Counter("s3outbox_relay_batches_total", "Claim batches run by a relay.")
+
+
+class OutboxCollector(Collector):
+    """Reads the outbox's state from PostgreSQL at scrape time."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._q = queries.load("worker")
+
+    def collect(self) -> Iterable[Metric]:
+        events = GaugeMetricFamily(
+            "s3outbox_events", "Outbox events by topic and state.", labels=["topic", "status"]
+        )
+        documents = GaugeMetricFamily(
+            "s3outbox_documents", "Documents by state.", labels=["status"]
+        )
+        pending_age = GaugeMetricFamily(
+            "s3outbox_oldest_pending_event_age_seconds",
+            "Age of the oldest due pending event: how long the relay is behind.",
+        )
+        dispatched_age = GaugeMetricFamily(
+            "s3outbox_oldest_dispatched_event_age_seconds",
+            "Age of the oldest dispatched, unfinished event: how long the workers are behind.",
+        )
+        up = GaugeMetricFamily("s3outbox_database_up", "1 when the last scrape read the database.")
+        try:
+            with psycopg.connect(self.settings.database_url, connect_timeout=5) as conn:
+                for topic, status, n in conn.execute(self._q["event_counts"]).fetchall():
+                    events.add_metric([topic, status], n)
+                for status, n in conn.execute(self._q["document_counts"]).fetchall():
+                    documents.add_metric([status], n)
+                lag = conn.execute(self._q["event_lag"]).fetchone()
+                assert lag is not None
+                pending_age.add_metric([], lag[0])
+                dispatched_age.add_metric([], lag[1])
+            up.add_metric([], 1)
+        except (psycopg.Error, OSError) as exc:
+            log.warning("metrics could not read the database: %s", exc)
+            up.add_metric([], 0)
+            yield up
+            return
+        yield from (events, documents, pending_age, dispatched_age, up)
+
+
+def serve(settings: Settings, port: int, *, with_database: bool) -> Any:
+    """Serve this process's metrics on ``settings.metrics_host:port`` (0 disables)."""
+    if port == 0:
+        return None
+    if with_database:
+        REGISTRY.register(OutboxCollector(settings))
+    server, _thread = start_http_server(port, addr=settings.metrics_host)
+    log.info("metrics on http://%s:%d/metrics", settings.metrics_host, port)
+    return server
+
+
+def serve_multiprocess(settings: Settings, port: int) -> None:
+    """Serve the metrics of all Dramatiq worker processes (multiprocess mode). Blocks."""
+    from wsgiref.simple_server import make_server
+
+    from prometheus_client import multiprocess
+    from prometheus_client.exposition import make_wsgi_app
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(  # type: ignore[no-untyped-call]
+        registry, path=os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    )
+    httpd = make_server(settings.metrics_host, port, make_wsgi_app(registry))
+    log.info("worker metrics on http://%s:%d/metrics", settings.metrics_host, port)
+    httpd.serve_forever()

@@ -1,0 +1,241 @@
+-- Named queries of the workers: relay, actors, sweeper, metrics and the operator CLI.
+-- `now` is a parameter wherever time matters: NULL means the database's now().
+
+-- name: claim_events
+-- Due pending events -> dispatched. SKIP LOCKED lets several relays claim side by side.
+UPDATE s3outbox.events e
+SET status = 'dispatched',
+    attempts = e.attempts + 1,
+    dispatched_at = coalesce(%(now)s::timestamptz, now()),
+    updated_at = coalesce(%(now)s::timestamptz, now())
+FROM (
+    SELECT id FROM s3outbox.events
+    WHERE status = 'pending' AND available_at <= coalesce(%(now)s::timestamptz, now())
+    ORDER BY available_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+) due
+WHERE e.id = due.id
+RETURNING e.id, e.topic, e.document_id, e.attempts, e.trace_id;
+
+-- name: next_due_in
+-- Seconds until the next pending event is due (NULL when none): how long a relay may sleep.
+SELECT extract(epoch FROM min(available_at) - coalesce(%(now)s::timestamptz, now()))::float8
+    AS seconds
+FROM s3outbox.events WHERE status = 'pending';
+
+-- name: rescue_stale_events
+-- Dispatched too long ago and not finished: the message was lost (Redis restarted empty,
+-- a worker was SIGKILLed). Back to pending so a relay sends it again; dead after too many.
+WITH stale AS (
+    SELECT id FROM s3outbox.events
+    WHERE status = 'dispatched'
+      AND dispatched_at <= coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(stale_after)s)
+    ORDER BY dispatched_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), rescued AS (
+    UPDATE s3outbox.events e
+    SET status = CASE WHEN e.attempts >= %(max_attempts)s THEN 'dead' ELSE 'pending' END,
+        available_at = coalesce(%(now)s::timestamptz, now()),
+        finished_at = CASE WHEN e.attempts >= %(max_attempts)s
+                           THEN coalesce(%(now)s::timestamptz, now()) END,
+        last_error = CASE WHEN e.attempts >= %(max_attempts)s
+                          THEN 'gave up: dispatched ' || e.attempts || ' times without finishing'
+                          ELSE e.last_error END,
+        updated_at = coalesce(%(now)s::timestamptz, now())
+    FROM stale
+    WHERE e.id = stale.id
+    RETURNING e.id, e.topic, e.status
+), wake AS (
+    SELECT pg_notify('s3outbox_events', '') FROM (SELECT 1 FROM rescued LIMIT 1) any_rescued
+)
+SELECT r.id, r.topic, r.status FROM rescued r LEFT JOIN wake ON true;
+
+-- name: read_event
+SELECT e.* FROM s3outbox.events e WHERE e.id = %(id)s;
+
+-- name: lock_event
+-- Also returns the clock the handler decides with (the `now` parameter or the database's).
+SELECT e.*, coalesce(%(now)s::timestamptz, now()) AS clock
+FROM s3outbox.events e WHERE e.id = %(id)s FOR UPDATE;
+
+-- name: complete_event
+-- Compare-and-set: a repeated or stale completion of a finished event changes nothing.
+UPDATE s3outbox.events
+SET status = 'done',
+    finished_at = coalesce(%(now)s::timestamptz, now()),
+    updated_at = coalesce(%(now)s::timestamptz, now())
+WHERE id = %(id)s AND status IN ('pending', 'dispatched')
+RETURNING id;
+
+-- name: snooze_event
+-- Not a failure: the object is not visible yet (eventually consistent store). Try later.
+UPDATE s3outbox.events
+SET status = 'pending',
+    available_at = coalesce(%(now)s::timestamptz, now()) + make_interval(secs => %(delay)s),
+    last_error = %(error)s,
+    updated_at = coalesce(%(now)s::timestamptz, now())
+WHERE id = %(id)s AND status = 'dispatched' AND attempts = %(attempt)s
+RETURNING id;
+
+-- name: fail_event
+-- A failed attempt: back to pending after a backoff, or dead after the last one.
+-- Only the attempt that is current may record its failure (compare-and-set on attempts).
+UPDATE s3outbox.events
+SET failures = failures + 1,
+    status = CASE WHEN failures + 1 >= %(max_failures)s THEN 'dead' ELSE 'pending' END,
+    available_at = coalesce(%(now)s::timestamptz, now()) + make_interval(secs => %(delay)s),
+    finished_at = CASE WHEN failures + 1 >= %(max_failures)s
+                       THEN coalesce(%(now)s::timestamptz, now()) END,
+    last_error = %(error)s,
+    updated_at = coalesce(%(now)s::timestamptz, now())
+WHERE id = %(id)s AND status = 'dispatched' AND attempts = %(attempt)s
+RETURNING id, status, failures;
+
+-- name: insert_event
+INSERT INTO s3outbox.events (topic, document_id, trace_id, available_at, created_at, updated_at)
+VALUES (%(topic)s, %(document_id)s, %(trace_id)s,
+        coalesce(%(available_at)s::timestamptz, %(now)s::timestamptz, now()),
+        coalesce(%(now)s::timestamptz, now()), coalesce(%(now)s::timestamptz, now()))
+RETURNING id;
+
+-- name: read_document
+SELECT d.* FROM s3outbox.documents d WHERE d.id = %(id)s;
+
+-- name: lock_document
+SELECT d.* FROM s3outbox.documents d WHERE d.id = %(id)s FOR UPDATE;
+
+-- name: charge_quota
+-- Move a verified document's reservation to used, in one conditional UPDATE (invariant 4).
+UPDATE s3outbox.quotas
+SET used_bytes = used_bytes + %(charge)s,
+    reserved_bytes = reserved_bytes - %(release)s,
+    updated_at = coalesce(%(now)s::timestamptz, now())
+WHERE owner_id = %(owner_id)s
+  AND reserved_bytes >= %(release)s
+  AND used_bytes + %(charge)s + reserved_bytes - %(release)s <= limit_bytes
+RETURNING owner_id;
+
+-- name: release_quota
+-- Give back a document's reservation and/or charge; never below zero.
+UPDATE s3outbox.quotas
+SET used_bytes = greatest(used_bytes - %(charged)s, 0),
+    reserved_bytes = greatest(reserved_bytes - %(reserved)s, 0),
+    updated_at = coalesce(%(now)s::timestamptz, now())
+WHERE owner_id = %(owner_id)s
+RETURNING owner_id;
+
+-- name: mark_available
+UPDATE s3outbox.documents
+SET status = 'available',
+    verified_size = %(verified_size)s,
+    charged_bytes = %(charge)s,
+    reserved_bytes = 0,
+    reason = NULL,
+    verified_at = coalesce(%(now)s::timestamptz, now()),
+    updated_at = coalesce(%(now)s::timestamptz, now())
+WHERE id = %(id)s AND status = %(expected)s
+RETURNING id;
+
+-- name: mark_refused
+-- uploaded -> rejected, or pending -> expired: reservation released, blob to be purged.
+UPDATE s3outbox.documents
+SET status = %(status)s,
+    reason = %(reason)s,
+    verified_size = %(verified_size)s,
+    reserved_bytes = 0,
+    verified_at = coalesce(%(now)s::timestamptz, now()),
+    updated_at = coalesce(%(now)s::timestamptz, now())
+WHERE id = %(id)s AND status = %(expected)s
+RETURNING id;
+
+-- name: mark_deleted
+UPDATE s3outbox.documents
+SET status = 'deleted',
+    charged_bytes = 0,
+    reserved_bytes = 0,
+    purged_at = coalesce(%(now)s::timestamptz, now()),
+    updated_at = coalesce(%(now)s::timestamptz, now())
+WHERE id = %(id)s AND status = 'deleting'
+RETURNING id;
+
+-- name: mark_purged
+UPDATE s3outbox.documents
+SET purged_at = coalesce(%(now)s::timestamptz, now()),
+    updated_at = coalesce(%(now)s::timestamptz, now())
+WHERE id = %(id)s AND status IN ('rejected', 'expired', 'deleted')
+RETURNING id;
+
+-- name: request_expiry
+-- Pending uploads whose URL expired (plus a grace for clock skew): queue one expire event
+-- each. The expire actor verifies once: a lost confirm ends available, the rest expired.
+WITH due AS (
+    SELECT id FROM s3outbox.documents
+    WHERE status = 'pending' AND expire_requested_at IS NULL
+      AND upload_expires_at <= coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(grace)s)
+    ORDER BY upload_expires_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), marked AS (
+    UPDATE s3outbox.documents d
+    SET expire_requested_at = coalesce(%(now)s::timestamptz, now()),
+        updated_at = coalesce(%(now)s::timestamptz, now())
+    FROM due
+    WHERE d.id = due.id
+    RETURNING d.id, d.trace_id
+)
+INSERT INTO s3outbox.events (topic, document_id, trace_id, available_at, created_at, updated_at)
+SELECT 'expire', m.id, m.trace_id, coalesce(%(now)s::timestamptz, now()),
+       coalesce(%(now)s::timestamptz, now()), coalesce(%(now)s::timestamptz, now())
+FROM marked m
+RETURNING document_id;
+
+-- name: prune_done_events
+DELETE FROM s3outbox.events
+WHERE id IN (
+    SELECT id FROM s3outbox.events
+    WHERE status = 'done'
+      AND finished_at <= coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(retention)s)
+    LIMIT %(limit)s
+)
+RETURNING id;
+
+-- name: retry_events
+-- Operator: dead (or any unfinished) events back to pending, failures reset.
+WITH picked AS (
+    UPDATE s3outbox.events
+    SET status = 'pending', failures = 0, attempts = 0, finished_at = NULL,
+        available_at = now(), updated_at = now()
+    WHERE status = ANY(%(statuses)s::text[])
+      AND (%(topic)s::text IS NULL OR topic = %(topic)s::text)
+      AND (%(id)s::bigint IS NULL OR id = %(id)s::bigint)
+    RETURNING id
+), wake AS (
+    SELECT pg_notify('s3outbox_events', '') FROM (SELECT 1 FROM picked LIMIT 1) any_picked
+)
+SELECT p.id FROM picked p LEFT JOIN wake ON true;
+
+-- name: event_counts
+SELECT topic, status, count(*)::bigint AS n FROM s3outbox.events GROUP BY topic, status;
+
+-- name: document_counts
+SELECT status, count(*)::bigint AS n FROM s3outbox.documents GROUP BY status;
+
+-- name: event_lag
+-- Age of the oldest due pending event and of the oldest dispatched one: how far behind we are.
+SELECT
+    coalesce(extract(epoch FROM now() - min(available_at) FILTER (
+        WHERE status = 'pending' AND available_at <= now())), 0)::float8 AS oldest_pending_seconds,
+    coalesce(extract(epoch FROM now() - min(dispatched_at) FILTER (
+        WHERE status = 'dispatched')), 0)::float8 AS oldest_dispatched_seconds
+FROM s3outbox.events
+WHERE status IN ('pending', 'dispatched');
+
+-- name: dead_events
+SELECT id, topic, document_id, attempts, failures, last_error, finished_at
+FROM s3outbox.events WHERE status = 'dead' ORDER BY id DESC LIMIT %(limit)s;
+
+-- name: quota_top
+SELECT owner_id, limit_bytes, used_bytes, reserved_bytes
+FROM s3outbox.quotas ORDER BY used_bytes + reserved_bytes DESC LIMIT %(limit)s;

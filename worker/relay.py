@@ -1,0 +1,162 @@
+"""The relay: outbox table -> Dramatiq queues on Redis.
+
+Claims due pending events in batches (``FOR UPDATE SKIP LOCKED``, so several relays can run),
+sends one message per event, and marks them dispatched in the same transaction: if sending
+fails, the transaction rolls back and the events stay pending. Wakes on LISTEN/NOTIFY the
+moment an event commits, and also polls. Dispatched events not finished in time are sent
+again (Redis is a transport, the table is the truth).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from dramatiq import Message
+from dramatiq.brokers.redis import RedisBroker
+from psycopg import sql
+
+from outbox import queries
+from outbox.constants import NOTIFY_CHANNEL, EventStatus, Topic
+from outbox.settings import Settings
+from worker import metrics
+from worker.broker import ACTOR_NAMES, make_broker
+
+log = logging.getLogger("s3outbox.relay")
+
+
+class Relay:
+    """One relay. ``run_once`` dispatches one batch; ``wait`` sleeps until woken or due."""
+
+    name = "relay"
+
+    def __init__(self, settings: Settings, broker: RedisBroker | None = None) -> None:
+        self.settings = settings
+        self.broker = broker or make_broker(settings)
+        self._q = queries.load("worker")
+        self._conn: psycopg.Connection[Any] | None = None
+        self._listen: psycopg.Connection[Any] | None = None
+        self._last_batch = 0
+        self._last_rescue = 0.0
+
+    # -- the work ------------------------------------------------------------------------
+
+    def run_once(self, now: datetime | None = None) -> int:
+        """Claim and send one batch of due events. Returns how many were sent."""
+        conn = self._connection()
+        with conn.transaction():
+            rows = conn.execute(
+                self._q["claim_events"], {"limit": self.settings.relay_batch_size, "now": now}
+            ).fetchall()
+            for event_id, topic, _document_id, attempts, _trace in rows:
+                self.broker.enqueue(self._message(event_id, Topic(topic), attempts))
+        for _id, topic, *_ in rows:
+            metrics.EVENTS_DISPATCHED.labels(topic).inc()
+        metrics.RELAY_BATCHES.inc()
+        if rows:
+            log.debug("dispatched %d events", len(rows))
+        self._last_batch = len(rows)
+        if time.monotonic() - self._last_rescue >= self._rescue_interval():
+            self.rescue(now)
+        return len(rows)
+
+    def rescue(self, now: datetime | None = None) -> int:
+        """Dispatched events unfinished after ``redispatch_after_seconds`` -> pending."""
+        self._last_rescue = time.monotonic()
+        return rescue_stale(self._connection(), self.settings, now)
+
+    def _message(self, event_id: int, topic: Topic, attempt: int) -> Message[Any]:
+        return Message(
+            queue_name=self.settings.queue_name,
+            actor_name=ACTOR_NAMES[topic],
+            args=(event_id, attempt),
+            kwargs={},
+            options={},
+        )
+
+    def _rescue_interval(self) -> float:
+        return max(self.settings.redispatch_after_seconds / 4, 1.0)
+
+    # -- waiting -------------------------------------------------------------------------
+
+    def wait(self, stop: threading.Event) -> None:
+        """Return at once after a full batch; otherwise wait for a NOTIFY, the next due
+        event, or the poll interval, whichever comes first."""
+        if self._last_batch >= self.settings.relay_batch_size or stop.is_set():
+            return
+        timeout = self.settings.relay_poll_seconds
+        due = self._connection().execute(self._q["next_due_in"], {"now": None}).fetchone()
+        if due is not None and due[0] is not None:
+            timeout = max(0.0, min(timeout, float(due[0])))
+        if timeout == 0:
+            return
+        listen = self._listener()
+        for _notify in listen.notifies(timeout=timeout, stop_after=1):
+            break
+        # Drain the burst: one claim serves every notification that came with it.
+        for _notify in listen.notifies(timeout=0):
+            pass
+
+    # -- connections ---------------------------------------------------------------------
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(
+                self.settings.database_url, autocommit=True, connect_timeout=10
+            )
+        return self._conn
+
+    def _listener(self) -> psycopg.Connection[Any]:
+        if self._listen is None or self._listen.closed:
+            self._listen = psycopg.connect(
+                self.settings.database_url, autocommit=True, connect_timeout=10
+            )
+            self._listen.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
+        return self._listen
+
+    def reset(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for conn in (self._conn, self._listen):
+            if conn is not None and not conn.closed:
+                conn.close()
+        self._conn = self._listen = None
+
+
+def rescue_stale(
+    conn: psycopg.Connection[Any], settings: Settings, now: datetime | None = None
+) -> int:
+    """Send again what Redis lost: stale dispatched events back to pending (with a NOTIFY),
+    or dead after too many dispatches. Shared by the relay and the sweeper."""
+    q = queries.load("worker")
+    total = 0
+    while True:
+        with conn.transaction():
+            rows = conn.execute(
+                q["rescue_stale_events"],
+                {
+                    "now": now,
+                    "stale_after": settings.redispatch_after_seconds,
+                    "limit": settings.sweeper_batch_size,
+                    "max_attempts": max_dispatches(settings),
+                },
+            ).fetchall()
+        for _id, topic, status in rows:
+            metrics.EVENTS_REDISPATCHED.labels(topic).inc()
+            if status == EventStatus.DEAD:
+                metrics.EVENTS_DEAD.labels(topic).inc()
+        if rows:
+            log.warning("re-dispatching %d stale events", len(rows))
+        total += len(rows)
+        if len(rows) < settings.sweeper_batch_size:
+            return total
+
+
+def max_dispatches(settings: Settings) -> int:
+    """Dispatches after which a never-finishing event (it keeps killing its worker) is dead."""
+    return settings.max_failures * 3

@@ -1,0 +1,88 @@
+"""The workers' side of storage: HeadObject, a streamed SHA-256, DeleteObject.
+
+Workers use the *internal* endpoint; only the web app's presigned URLs use the public one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from botocore.exceptions import ClientError
+
+from outbox.presign import make_client
+from outbox.settings import Settings
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+_MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What HeadObject says about an object."""
+
+    size: int
+    content_type: str | None
+    sha256_b64: str | None
+
+
+class Storage:
+    """Thin wrapper over one boto3 client for the bucket. Thread-safe."""
+
+    def __init__(self, settings: Settings, client: S3Client | None = None) -> None:
+        self.settings = settings
+        self.bucket = settings.s3_bucket
+        self.client: S3Client = client or make_client(settings, settings.s3_endpoint_url)
+
+    def head(self, key: str) -> ObjectInfo | None:
+        """The object's size, content type and stored SHA-256, or None when it is missing."""
+        try:
+            resp = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+        except ClientError as exc:
+            if _is_missing(exc):
+                return None
+            raise
+        checksum: str | None = resp.get("ChecksumSHA256")
+        # A multipart object's checksum is a checksum of part checksums ("...-N"): not ours.
+        if checksum is not None and "-" in checksum:
+            checksum = None
+        return ObjectInfo(
+            size=int(resp["ContentLength"]),
+            content_type=resp.get("ContentType"),
+            sha256_b64=checksum,
+        )
+
+    def sha256_hex(self, key: str, max_bytes: int) -> str | None:
+        """SHA-256 of the object's body, read as a stream (used when storage kept no checksum).
+        None when the object is missing or longer than ``max_bytes``."""
+        try:
+            resp = self.client.get_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _is_missing(exc):
+                return None
+            raise
+        digest = hashlib.sha256()
+        read = 0
+        body = resp["Body"]
+        try:
+            for chunk in body.iter_chunks(chunk_size=1024 * 1024):
+                read += len(chunk)
+                if read > max_bytes:
+                    return None
+                digest.update(chunk)
+        finally:
+            body.close()
+        return digest.hexdigest()
+
+    def delete(self, key: str) -> None:
+        """DeleteObject. Deleting a missing key succeeds, so purge is idempotent."""
+        self.client.delete_object(Bucket=self.bucket, Key=key)
+
+
+def _is_missing(exc: ClientError) -> bool:
+    error = exc.response.get("Error", {})
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return str(error.get("Code")) in _MISSING_CODES or status == 404
