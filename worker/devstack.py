@@ -171,6 +171,28 @@ def _process_mentions(pid: int, needle: str) -> psutil.Process | None:
     return proc if needle in cmdline else None
 
 
+def _write_pidfile(path: Path, pid: int) -> None:
+    """Write ``<pid> <create_time>``: the start time tells a reused PID from our process."""
+    try:
+        created = psutil.Process(pid).create_time()
+    except psutil.NoSuchProcess:
+        created = 0.0
+    path.write_text(f"{pid} {created:.3f}\n")
+
+
+def _process_from_pidfile(path: Path) -> psutil.Process | None:
+    """The live process a pidfile names, if it is still the same process (same start time)."""
+    try:
+        fields = path.read_text().split()
+        pid, created = int(fields[0]), float(fields[1])
+        proc = psutil.Process(pid)
+        if abs(proc.create_time() - created) > 0.01 or proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+    except (ValueError, IndexError, OSError, psutil.Error):
+        return None
+    return proc
+
+
 def _stop_process(proc: psutil.Process, sig: signal.Signals, timeout: float) -> None:
     """Signal ``proc``, wait for it, SIGKILL it (and its children) after ``timeout``."""
     try:
@@ -250,13 +272,9 @@ class ManagedServer:
         """Stop a server left running on this data directory by a crashed earlier run."""
         if not self.pidfile.exists():
             return
-        try:
-            pid = int(self.pidfile.read_text().split()[0])
-        except (ValueError, IndexError, OSError):
-            pid = 0
-        proc = _process_mentions(pid, str(self.dir)) if pid > 0 else None
+        proc = _process_from_pidfile(self.pidfile)
         if proc is not None and (self._proc is None or proc.pid != self._proc.pid):
-            print(f"devstack: stopping stale {self.name} (pid {pid})", file=sys.stderr)
+            print(f"devstack: stopping stale {self.name} (pid {proc.pid})", file=sys.stderr)
             _stop_process(proc, self.stop_signal, self.stop_timeout)
         self.pidfile.unlink(missing_ok=True)
 
@@ -290,7 +308,7 @@ class ManagedServer:
                 preexec_fn=_parent_death_preexec(self.stop_signal),
                 user=self.run_as_user(),
             )
-        self.pidfile.write_text(f"{self._proc.pid}\n")
+        _write_pidfile(self.pidfile, self._proc.pid)
 
     def wait_ready(self) -> None:
         """Block until the server is ready; on failure stop it and raise with the log tail."""
