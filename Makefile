@@ -1,0 +1,33 @@
+# s3-outbox developer tasks. Only needs python3 (3.11+), pip and make.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: venv test lint run dev-servers clean
+
+venv: $(STAMP)
+
+# Re-installs only when pyproject.toml changes (the stamp is older than it).
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+test: venv
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+run: venv
+	$(BIN)/s3-outbox run
+
+dev-servers: venv
+	$(BIN)/python -m worker.devstack
+
+clean:
+	rm -rf $(VENV) .data build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache test-artifacts
