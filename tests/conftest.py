@@ -220,15 +220,27 @@ class Processes:
 
     def command(self, name: str) -> list[str]:
         if name == "worker":
-            return [sys.executable, "-m", "dramatiq", "worker.actors",
-                    "--processes", "1", "--threads", "4"]
+            return [
+                sys.executable,
+                "-m",
+                "dramatiq",
+                "worker.actors",
+                "--processes",
+                "1",
+                "--threads",
+                "4",
+            ]
         return [sys.executable, "-m", "worker.cli", name]
 
     def start(self, *names: str) -> None:
         for name in names or ("relay", "worker", "sweeper"):
             log = open(self.logdir / f"{name}.log", "ab")  # noqa: SIM115
             self.procs[name] = subprocess.Popen(
-                self.command(name), env=self.env(), cwd=ROOT, stdout=log, stderr=log,
+                self.command(name),
+                env=self.env(),
+                cwd=ROOT,
+                stdout=log,
+                stderr=log,
                 start_new_session=True,
             )
 

@@ -80,9 +80,9 @@ broker.add_middleware(WorkerSetup())
 dramatiq.set_broker(broker)
 
 _ACTOR_OPTIONS: dict[str, Any] = {
+    # No Retries middleware on this broker: retries live in the outbox table, where they
+    # survive Redis losing its data.
     "queue_name": settings.queue_name,
-    # Retries live in the outbox table (survive Redis losing its data), not in Redis.
-    "max_retries": 0,
     "time_limit": int(settings.actor_time_limit_seconds * 1000),
 }
 

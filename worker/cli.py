@@ -80,7 +80,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         "--threads",
         str(args.threads),
     ]
-    os.execv(sys.executable, argv)
+    os.execv(sys.executable, argv)  # noqa: S606 (no shell: argv is ours)
     return 0  # pragma: no cover
 
 
@@ -147,13 +147,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from worker.run import run
 
-    return run(demo=not args.no_demo, files=args.files)
+    return run(demo=not args.no_demo, files=args.files, exit_after_demo=args.exit)
 
 
 def cmd_dev_servers(args: argparse.Namespace) -> int:
     from worker.devstack import main_devstack
 
-    return main_devstack([])
+    return int(main_devstack([]))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -187,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="embedded servers + all processes + a demo")
     p.add_argument("--no-demo", action="store_true", help="start everything, run no demo")
+    p.add_argument("--exit", action="store_true", help="stop everything after the demo")
     p.add_argument("files", nargs="*", help="files to upload in the demo")
     p.set_defaults(func=cmd_run)
 
@@ -201,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = _settings()
     configure_logging(settings.log_level, settings.log_json)
     try:
-        result: int = args.func(args)
+        result = int(args.func(args))
     except psycopg.OperationalError as exc:
         print(f"s3-outbox: cannot reach PostgreSQL: {exc}", file=sys.stderr)
         return 2
