@@ -10,9 +10,7 @@ README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
 
 def test_every_setting_is_in_readme() -> None:
-    missing = [
-        name for name in Settings.model_fields if f"`S3OUTBOX_{name.upper()}`" not in README
-    ]
+    missing = [name for name in Settings.model_fields if f"`S3OUTBOX_{name.upper()}`" not in README]
     assert missing == []
 
 
