@@ -6,9 +6,10 @@ import requests
 
 from outbox import DocumentStatus
 from tests.conftest import InlineWorker, put, sha256_hex
+from worker.invariants import check_invariants
 
 
-def test_lifecycle(outbox, conn, inline_worker: InlineWorker, storage):
+def test_lifecycle(outbox, conn, inline_worker: InlineWorker, storage, settings):
     body = b"%PDF-1.7\n" + b"x" * 5000
     ticket = outbox.request_upload(
         conn,
@@ -39,3 +40,6 @@ def test_lifecycle(outbox, conn, inline_worker: InlineWorker, storage):
     assert doc.status == DocumentStatus.DELETED
     assert storage.head(doc.object_key) is None
     assert outbox.quota(conn, owner_id="alice").used_bytes == 0
+    report = check_invariants(settings, storage, settled=True)
+    assert report.ok, report.summary()
+    assert report.documents == {"deleted": 1}
