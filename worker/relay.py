@@ -47,6 +47,8 @@ class Relay:
 
     def run_once(self, now: datetime | None = None) -> int:
         """Claim and send one batch of due events. Returns how many were sent."""
+        # LISTEN before the first claim, so no event committed in between waits for a poll.
+        self._listener()
         conn = self._connection()
         with conn.transaction():
             rows = conn.execute(
