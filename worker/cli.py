@@ -32,40 +32,33 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_relay(args: argparse.Namespace) -> int:
+def _run_service(name: str, args: argparse.Namespace) -> int:
+    """Run the relay or the sweeper: one round with --once, else until SIGTERM/SIGINT."""
     from worker import metrics
     from worker.relay import Relay
-    from worker.service import Runner
-
-    settings = _settings()
-    relay = Relay(settings)
-    if args.once:
-        print(f"dispatched {relay.run_once()} events")
-        relay.close()
-        return 0
-    metrics.serve(settings, args.metrics_port or settings.relay_metrics_port, with_database=True)
-    runner = Runner(relay)
-    runner.install_signal_handlers()
-    runner.run_forever()
-    return 0
-
-
-def cmd_sweeper(args: argparse.Namespace) -> int:
-    from worker import metrics
-    from worker.service import Runner
+    from worker.service import Runner, Service
     from worker.sweeper import Sweeper
 
     settings = _settings()
-    sweeper = Sweeper(settings)
+    service: Service = Relay(settings) if name == "relay" else Sweeper(settings)
     if args.once:
-        print(f"handled {sweeper.run_once()} rows")
-        sweeper.close()
+        print(f"{name}: {service.run_once()} rows")
+        service.close()
         return 0
-    metrics.serve(settings, args.metrics_port or settings.sweeper_metrics_port, with_database=True)
-    runner = Runner(sweeper)
+    default_port = settings.relay_metrics_port if name == "relay" else settings.sweeper_metrics_port
+    metrics.serve(settings, args.metrics_port or default_port, with_database=True)
+    runner = Runner(service)
     runner.install_signal_handlers()
     runner.run_forever()
     return 0
+
+
+def cmd_relay(args: argparse.Namespace) -> int:
+    return _run_service("relay", args)
+
+
+def cmd_sweeper(args: argparse.Namespace) -> int:
+    return _run_service("sweeper", args)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

@@ -144,10 +144,7 @@ class EventProcessor:
         """uploaded -> available when the object matches and the quota takes it, else
         rejected (reservation released, purge queued). A missing object is retried with
         backoff until ``verify_deadline_seconds`` after the confirm."""
-        doc = self._read(self._q["read_document"], event["document_id"])
-        observation = None
-        if doc is not None and doc["status"] == DocumentStatus.UPLOADED:
-            observation = self._observe(doc)
+        observation = self._observe_if(event, DocumentStatus.UPLOADED)
         with self._transaction() as cur:
             locked = self._lock(cur, event, now)
             if locked is None:
@@ -183,10 +180,7 @@ class EventProcessor:
     def _expire(self, event: Row, attempt: int, now: datetime | None) -> Outcome:
         """A pending upload whose URL expired: verify once. A matching object means only the
         confirm was lost -> available; anything else -> expired, blob purged if any."""
-        doc = self._read(self._q["read_document"], event["document_id"])
-        observation = None
-        if doc is not None and doc["status"] == DocumentStatus.PENDING:
-            observation = self._observe(doc)
+        observation = self._observe_if(event, DocumentStatus.PENDING)
         with self._transaction() as cur:
             locked = self._lock(cur, event, now)
             if locked is None:
@@ -251,6 +245,13 @@ class EventProcessor:
             return self._complete(cur, event, now)
 
     # -- shared steps --------------------------------------------------------------------
+
+    def _observe_if(self, event: Row, status: DocumentStatus) -> Observation | None:
+        """Look at the object, outside any transaction, if the document is in ``status``."""
+        doc = self._read(self._q["read_document"], event["document_id"])
+        if doc is None or doc["status"] != status:
+            return None
+        return self._observe(doc)
 
     def _observe(self, doc: Row) -> Observation:
         info = self.storage.head(doc["object_key"])
