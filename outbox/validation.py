@@ -88,8 +88,8 @@ def filename(value: object, settings: Settings) -> str:
             f"filename longer than {settings.max_filename_length} characters",
             max_length=settings.max_filename_length,
         )
-    if any(unicodedata.category(ch) == "Cc" for ch in name):
-        raise ValidationFailed("filename must not contain control characters")
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in name):
+        raise ValidationFailed("filename must not contain control characters or lone surrogates")
     if any(ch in _BIDI for ch in name):
         raise ValidationFailed("filename must not contain bidirectional override characters")
     if "/" in name or "\\" in name:
