@@ -109,9 +109,9 @@ def page_limit(value: object) -> int:
 
 
 def limit_bytes(value: object) -> int:
-    """A quota limit: a non-negative integer."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidInput("limit_bytes must be a non-negative integer")
+    """A quota limit: a non-negative integer that fits PostgreSQL's bigint."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 2**63 - 1:
+        raise InvalidInput("limit_bytes must be a non-negative 64-bit integer")
     return value
 
 
