@@ -285,10 +285,12 @@ class Outbox:
         """An owner's documents, newest first, ``limit`` at a time.
 
         Raises:
-            InvalidInput (400): bad owner id, limit (1..500), cursor or status.
+            InvalidInput (400): bad owner id, limit (1..500), cursor, status or include_deleted.
         """
         owner = validation.owner_id(owner_id)
         size = validation.page_limit(limit)
+        if not isinstance(include_deleted, bool):
+            raise InvalidInput("include_deleted must be a boolean")
         after_created, after_id = _decode_cursor(cursor)
         if status is not None:
             try:

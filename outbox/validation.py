@@ -88,8 +88,8 @@ def filename(value: object, settings: Settings) -> str:
             f"filename longer than {settings.max_filename_length} characters",
             max_length=settings.max_filename_length,
         )
-    if any(unicodedata.category(ch) == "Cc" for ch in name):
-        raise ValidationFailed("filename must not contain control characters")
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in name):
+        raise ValidationFailed("filename must not contain control characters or lone surrogates")
     if any(ch in _BIDI for ch in name):
         raise ValidationFailed("filename must not contain bidirectional override characters")
     if "/" in name or "\\" in name:
@@ -109,9 +109,9 @@ def page_limit(value: object) -> int:
 
 
 def limit_bytes(value: object) -> int:
-    """A quota limit: a non-negative integer."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidInput("limit_bytes must be a non-negative integer")
+    """A quota limit: a non-negative integer that fits PostgreSQL's bigint."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 2**63 - 1:
+        raise InvalidInput("limit_bytes must be a non-negative 64-bit integer")
     return value
 
 
