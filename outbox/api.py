@@ -28,7 +28,8 @@ Conn = psycopg.Connection[Any]
 
 
 def _trace(trace_id: str | None) -> str:
-    return trace_id or current_trace_id() or new_trace_id()
+    """The caller's trace id (validated), else the one in the log context, else a new one."""
+    return validation.trace_id(trace_id) or current_trace_id() or new_trace_id()
 
 
 class Outbox:

@@ -92,6 +92,10 @@ def filename(value: object, settings: Settings) -> str:
         raise ValidationFailed("filename must not contain control characters or lone surrogates")
     if any(ch in _BIDI for ch in name):
         raise ValidationFailed("filename must not contain bidirectional override characters")
+    # Invisible format characters (zero-width space, BOM...) let a name impersonate another;
+    # the zero-width joiner stays allowed for emoji sequences.
+    if any(unicodedata.category(ch) == "Cf" and ch != "\u200d" for ch in name):
+        raise ValidationFailed("filename must not contain invisible format characters")
     if "/" in name or "\\" in name:
         raise ValidationFailed("filename must not contain path separators")
     if name.strip(". ") == "":
@@ -119,4 +123,17 @@ def ttl(value: object, maximum: int) -> int:
     """An expiry in seconds, between 1 and the configured maximum."""
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
         raise InvalidInput(f"expires_in must be an integer between 1 and {maximum} seconds")
+    return value
+
+
+_TRACE_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
+
+
+def trace_id(value: object) -> str | None:
+    """An optional trace id from the caller (e.g. a request-id header): 1-128 characters of
+    ``A-Z a-z 0-9 . _ : / + = -``."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _TRACE_ID.fullmatch(value):
+        raise InvalidInput("trace_id must be 1-128 characters of A-Z a-z 0-9 . _ : / + = -")
     return value

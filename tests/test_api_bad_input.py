@@ -131,6 +131,8 @@ for label, value in [
     ("trailing", "trailing "),
     ("nbsp", "\u00a0x.txt"),
     ("surrogate", "a\ud800b.txt"),
+    ("zero-width-space", "invoice\u200b.pdf"),
+    ("bom", "\ufeffreport.pdf"),
 ]:
     case(f"filename={label}", ValidationFailed, 422, lambda w, v=value: w.upload(filename=v))
 for label, value in [("None", None), ("int", 123), ("bytes", b"a.txt")]:
@@ -251,6 +253,22 @@ for label, value in [("str", "garbage"), ("int", 1), ("None", None)]:
         InvalidInput,
         400,
         lambda w, v=value: w.list(include_deleted=v),
+    )
+
+# -- trace ids ----------------------------------------------------------------------------
+for label, value in [
+    ("nul", "a\x00b"),
+    ("long", "t" * 129),
+    ("empty", ""),
+    ("space", "a b"),
+    ("int", 7),
+]:
+    case(f"upload trace_id={label}", InvalidInput, 400, lambda w, v=value: w.upload(trace_id=v))
+    case(
+        f"confirm trace_id={label}",
+        InvalidInput,
+        400,
+        lambda w, v=value: w.doc_call("confirm", trace_id=v),
     )
 
 # -- set_limit / download expiry -----------------------------------------------------------
