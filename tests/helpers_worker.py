@@ -15,7 +15,7 @@ from psycopg.rows import dict_row
 from outbox import Outbox, Settings
 from outbox.models import UploadTicket
 from outbox.presign import make_client
-from tests.conftest import dispatched_events, put, sha256_hex
+from tests.conftest import Processes, dispatched_events, put, sha256_hex
 from tests.util import wait_for
 from worker.handlers import EventProcessor, Outcome
 from worker.relay import Relay
@@ -234,3 +234,86 @@ def wait_blocked(settings: Settings, pattern: str, count: int = 1, timeout: floa
 
 def after(moment: datetime, seconds: float) -> datetime:
     return moment + timedelta(seconds=seconds)
+
+
+# -- real processes ----------------------------------------------------------------------
+
+
+class NamedProcesses(Processes):
+    """Processes that may run several copies of one service: "relay2" runs a second relay."""
+
+    def command(self, name: str) -> list[str]:
+        return super().command(name.rstrip("0123456789"))
+
+
+def tails(processes: Processes, lines: int = 30) -> str:
+    """The last lines of every process log, for assertion messages."""
+    names = sorted(p.stem for p in processes.logdir.glob("*.log"))
+    parts = []
+    for name in names:
+        text = processes.log(name).splitlines()[-lines:]
+        parts.append(f"--- {name}.log (last {lines} lines) ---\n" + "\n".join(text))
+    return "\n".join(parts)
+
+
+def outbox_snapshot(settings: Settings) -> str:
+    try:
+        events = query(
+            settings,
+            "SELECT topic, status, count(*) AS n, max(attempts) AS max_attempts,"
+            " max(failures) AS max_failures FROM s3outbox.events GROUP BY 1, 2 ORDER BY 1, 2",
+        )
+        docs = query(
+            settings,
+            "SELECT status, count(*) AS n FROM s3outbox.documents GROUP BY 1 ORDER BY 1",
+        )
+    except psycopg.Error as exc:
+        return f"(database unreachable: {exc})"
+    return f"events: {events}\ndocuments: {docs}"
+
+
+def wait_procs(
+    processes: Processes,
+    predicate: Callable[[], Any],
+    *,
+    timeout: float,
+    what: str,
+) -> Any:
+    """wait_for, with process logs and the outbox state in the failure message. Fails at
+    once when a started process has exited."""
+
+    def check() -> Any:
+        exited = {n: p.returncode for n, p in processes.procs.items() if p.poll() is not None}
+        if exited:
+            raise AssertionError(f"processes exited while waiting for {what}: {exited}")
+        return predicate()
+
+    try:
+        return wait_for(check, timeout=timeout, interval=0.2, message=what, ignore=(psycopg.Error,))
+    except AssertionError as exc:
+        raise AssertionError(
+            f"{exc}\n{outbox_snapshot(processes.settings)}\n{tails(processes)}"
+        ) from None
+
+
+def statuses(settings: Settings, doc_ids: list[Any]) -> dict[str, str]:
+    rows = query(
+        settings,
+        "SELECT id::text AS id, status FROM s3outbox.documents WHERE id = ANY(%s)",
+        ([str(i) for i in doc_ids],),
+    )
+    return {r["id"]: r["status"] for r in rows}
+
+
+def all_in(settings: Settings, doc_ids: list[Any], status: str) -> bool:
+    found = statuses(settings, doc_ids)
+    return len(found) == len(doc_ids) and set(found.values()) == {status}
+
+
+def outbox_idle(settings: Settings) -> bool:
+    """No event dispatched or due: everything that can be done now is done."""
+    return due_unfinished(settings, None) == 0
+
+
+def dead_events(settings: Settings) -> list[Row]:
+    return query(settings, "SELECT * FROM s3outbox.events WHERE status = 'dead'")
