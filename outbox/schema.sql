@@ -70,6 +70,9 @@ CREATE TABLE IF NOT EXISTS s3outbox.events (
     -- overwrite a newer attempt's outcome (compare-and-set).
     attempts        integer     NOT NULL DEFAULT 0,
     failures        integer     NOT NULL DEFAULT 0,
+    -- Times found dispatched but unfinished (message lost, worker killed); not failures,
+    -- and not counting snoozes, so a long verify window cannot exhaust it.
+    rescues         integer     NOT NULL DEFAULT 0,
     available_at    timestamptz NOT NULL DEFAULT now(),
     dispatched_at   timestamptz,
     finished_at     timestamptz,
@@ -78,6 +81,9 @@ CREATE TABLE IF NOT EXISTS s3outbox.events (
     created_at      timestamptz NOT NULL DEFAULT now(),
     updated_at      timestamptz NOT NULL DEFAULT now()
 );
+
+-- Columns added after the first release of a table: applied to existing databases too.
+ALTER TABLE s3outbox.events ADD COLUMN IF NOT EXISTS rescues integer NOT NULL DEFAULT 0;
 
 CREATE INDEX IF NOT EXISTS events_pending_due
     ON s3outbox.events (available_at, id) WHERE status = 'pending';

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -585,8 +586,8 @@ def test_rescue_stale_returns_dispatched_events_to_pending(
 def test_rescue_gives_up_on_an_event_that_never_finishes(
     outbox: Outbox, conn: Conn, make_settings: Any, settings: Settings, relay: Relay
 ):
-    """An event whose worker dies every time is dead after max_failures * 3 dispatches."""
-    few = make_settings(max_failures=1)
+    """An event whose worker dies every time is dead after being lost max_failures times."""
+    few = make_settings(max_failures=3)
     sweeper = Sweeper(few)
     try:
         ticket = upload(outbox, conn, "alice", body_of(1000))
@@ -596,7 +597,7 @@ def test_rescue_gives_up_on_an_event_that_never_finishes(
             now = after(now, settings.redispatch_after_seconds + 1)
             sweeper.run_job("rescue_stale", now=now)
         (event,) = events_of(settings, ticket.document.id)
-        assert (event["status"], event["attempts"]) == ("dead", 3)
+        assert (event["status"], event["attempts"], event["rescues"]) == ("dead", 3, 3)
         assert "gave up" in event["last_error"]
     finally:
         sweeper.close()
@@ -678,7 +679,8 @@ def test_storage_failure_retries_with_backoff_then_dead_then_cli_retry(
     assert cli.returncode == 0, cli.stderr
     assert "1 events back to pending" in cli.stdout
     retried = events_of(settings, doc_id, topic)[0]
-    assert (retried["status"], retried["failures"], retried["attempts"]) == ("pending", 0, 0)
+    # attempts is not reset: a message still in flight from before cannot pass for a new one.
+    assert (retried["status"], retried["failures"], retried["rescues"]) == ("pending", 0, 0)
     assert retried["finished_at"] is None
 
     inline_worker.drain()  # storage works again for the real processor
@@ -691,3 +693,22 @@ def test_storage_failure_retries_with_backoff_then_dead_then_cli_retry(
         assert not blob_exists(settings, ticket.document.object_key)
         assert_quota(settings, "alice", 0, 0)
     assert events_of(settings, doc_id, topic)[0]["status"] == "done"
+
+
+def test_a_missing_bucket_is_a_failure_not_a_missing_object(
+    outbox: Outbox, conn: Conn, make_settings: Any, settings: Settings, relay: Relay
+):
+    """Workers pointed at a wrong bucket must not reject good uploads as "not found"."""
+    ticket = upload(outbox, conn, "alice", body_of(700))
+    wrong = make_settings(s3_bucket="no-such-bucket-" + uuid.uuid4().hex[:8])
+    pool = make_pool(wrong, max_size=2)
+    try:
+        relay.run_once()
+        ((event_id, attempt),) = dispatched_events(settings, "verify")
+        outcome = EventProcessor(wrong, pool, Storage(wrong)).process(event_id, attempt)
+    finally:
+        pool.close()
+    assert outcome == Outcome.RETRY
+    assert doc_row(settings, ticket.document.id)["status"] == DocumentStatus.UPLOADED
+    (event,) = events_of(settings, ticket.document.id, "verify")
+    assert "BucketMissing" in event["last_error"]

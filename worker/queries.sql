@@ -26,7 +26,8 @@ FROM s3outbox.events WHERE status = 'pending';
 
 -- name: rescue_stale_events
 -- Dispatched too long ago and not finished: the message was lost (Redis restarted empty,
--- a worker was SIGKILLed). Back to pending so a relay sends it again; dead after too many.
+-- a worker was SIGKILLed). Back to pending so a relay sends it again; dead after being lost
+-- max_rescues times (a message that kills its worker every time must end somewhere).
 WITH stale AS (
     SELECT id FROM s3outbox.events
     WHERE status = 'dispatched'
@@ -36,12 +37,14 @@ WITH stale AS (
     FOR UPDATE SKIP LOCKED
 ), rescued AS (
     UPDATE s3outbox.events e
-    SET status = CASE WHEN e.attempts >= %(max_attempts)s THEN 'dead' ELSE 'pending' END,
+    SET rescues = e.rescues + 1,
+        status = CASE WHEN e.rescues + 1 >= %(max_rescues)s THEN 'dead' ELSE 'pending' END,
         available_at = coalesce(%(now)s::timestamptz, now()),
-        finished_at = CASE WHEN e.attempts >= %(max_attempts)s
+        finished_at = CASE WHEN e.rescues + 1 >= %(max_rescues)s
                            THEN coalesce(%(now)s::timestamptz, now()) END,
-        last_error = CASE WHEN e.attempts >= %(max_attempts)s
-                          THEN 'gave up: dispatched ' || e.attempts || ' times without finishing'
+        last_error = CASE WHEN e.rescues + 1 >= %(max_rescues)s
+                          THEN 'gave up: dispatched and never finished ' || (e.rescues + 1)
+                               || ' times (message lost or worker killed each time)'
                           ELSE e.last_error END,
         updated_at = coalesce(%(now)s::timestamptz, now())
     FROM stale
@@ -205,7 +208,7 @@ RETURNING id;
 -- Operator: dead (or any unfinished) events back to pending, failures reset.
 WITH picked AS (
     UPDATE s3outbox.events
-    SET status = 'pending', failures = 0, attempts = 0, finished_at = NULL,
+    SET status = 'pending', failures = 0, rescues = 0, finished_at = NULL,
         available_at = now(), updated_at = now()
     WHERE status = ANY(%(statuses)s::text[])
       AND (%(topic)s::text IS NULL OR topic = %(topic)s::text)

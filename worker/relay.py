@@ -145,7 +145,7 @@ def rescue_stale(
                     "now": now,
                     "stale_after": settings.redispatch_after_seconds,
                     "limit": settings.sweeper_batch_size,
-                    "max_attempts": max_dispatches(settings),
+                    "max_rescues": settings.max_failures,
                 },
             ).fetchall()
         for _id, topic, status in rows:
@@ -157,8 +157,3 @@ def rescue_stale(
         total += len(rows)
         if len(rows) < settings.sweeper_batch_size:
             return total
-
-
-def max_dispatches(settings: Settings) -> int:
-    """Dispatches after which a never-finishing event (it keeps killing its worker) is dead."""
-    return settings.max_failures * 3

@@ -20,6 +20,10 @@ if TYPE_CHECKING:
 _MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
 
 
+class BucketMissing(RuntimeError):
+    """The bucket itself does not exist: a configuration error, never "object missing"."""
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     """What HeadObject says about an object."""
@@ -43,6 +47,9 @@ class Storage:
             resp = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
         except ClientError as exc:
             if _is_missing(exc):
+                # A HEAD 404 has no body, so a missing bucket looks like a missing object;
+                # telling them apart keeps a misconfigured worker from rejecting good uploads.
+                self._check_bucket()
                 return None
             raise
         checksum: str | None = resp.get("ChecksumSHA256")
@@ -76,6 +83,14 @@ class Storage:
         finally:
             body.close()
         return digest.hexdigest()
+
+    def _check_bucket(self) -> None:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            if _is_missing(exc):
+                raise BucketMissing(f"bucket {self.bucket!r} does not exist") from None
+            raise
 
     def delete(self, key: str) -> None:
         """DeleteObject. Deleting a missing key succeeds, so purge is idempotent."""
