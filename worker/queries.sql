@@ -296,11 +296,9 @@ FROM s3outbox.documents
 WHERE status = 'available' AND id > %(after)s::uuid
 ORDER BY id LIMIT %(limit)s;
 
--- ---------------------------------------------------------------------------------------
--- Repairs: `s3-outbox reconcile` (worker/reconcile.py) and `s3-outbox quota audit`
--- (worker/quota_audit.py), and the purge of an orphan object by key (worker/handlers.py).
-
 -- name: reconcile_clock
+-- Repairs, from here to the end: `s3-outbox reconcile` (worker/reconcile.py), `s3-outbox
+-- quota audit` (worker/quota_audit.py) and the purge of an orphan object by key (handlers).
 SELECT coalesce(%(now)s::timestamptz, now()) AS now;
 
 -- name: reconcile_documents_by_keys

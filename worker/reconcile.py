@@ -297,7 +297,7 @@ class _Walk:
     def broken(self) -> None:
         report = self.report
         with ThreadPoolExecutor(max_workers=_HEAD_THREADS) as pool:
-            for page in self._pages("reconcile_available_page", {}):
+            for page in self._pages(self.q["reconcile_available_page"], {}):
                 report.available_checked += len(page)
                 checks = list(pool.map(self._check, page))
                 for row, check in zip(page, checks, strict=True):
@@ -402,7 +402,7 @@ class _Walk:
             "uploaded_after": settings.verify_deadline_seconds + settings.redispatch_after_seconds,
             "pending_after": settings.purge_grace_seconds + settings.sweeper_interval_seconds,
         }
-        for page in self._pages("reconcile_stuck_page", params):
+        for page in self._pages(self.q["reconcile_stuck_page"], params):
             for row in page:
                 self._stuck_document(row, params)
 
@@ -462,13 +462,13 @@ class _Walk:
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _pages(self, name: str, params: Row) -> Iterator[list[Row]]:
-        """Keyset pages (by document id) of a named query taking ``after`` and ``limit``."""
+    def _pages(self, query: str, params: Row) -> Iterator[list[Row]]:
+        """Keyset pages (by document id) of a query taking ``after`` and ``limit``."""
         after = uuid.UUID(int=0)
         while True:
             with self.conn.cursor(row_factory=dict_row) as cur:
                 page = cur.execute(
-                    self.q[name], {**params, "after": after, "limit": self.page_size}
+                    query, {**params, "after": after, "limit": self.page_size}
                 ).fetchall()
             if page:
                 yield page
