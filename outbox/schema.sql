@@ -110,3 +110,11 @@ DROP TRIGGER IF EXISTS events_notify ON s3outbox.events;
 CREATE TRIGGER events_notify
     AFTER INSERT ON s3outbox.events
     FOR EACH STATEMENT EXECUTE FUNCTION s3outbox.notify_event();
+
+-- Repairs (`s3-outbox reconcile`): a purge event may name an orphan object's key instead of
+-- a document's. The purge actor deletes that key only when no live document owns it.
+-- At most one unfinished purge per key, so repeated or concurrent reconcile runs queue one.
+ALTER TABLE s3outbox.events ADD COLUMN IF NOT EXISTS object_key text;
+CREATE UNIQUE INDEX IF NOT EXISTS events_unfinished_object_key
+    ON s3outbox.events (object_key)
+    WHERE object_key IS NOT NULL AND status IN ('pending', 'dispatched');

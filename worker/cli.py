@@ -187,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("dev-servers", help="only the embedded servers").set_defaults(
         func=cmd_dev_servers
     )
+
+    # -- repairs: reconcile, quota audit (worker/repair_cli.py) ---------------------------
+    from worker.repair_cli import add_repair_commands
+
+    add_repair_commands(sub)
     return parser
 
 

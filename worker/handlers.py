@@ -205,6 +205,8 @@ class EventProcessor:
     def _purge(self, event: Row, attempt: int, now: datetime | None) -> Outcome:
         """Delete the blob of a document that is no longer live; then deleting -> deleted and
         its charge released. Never touches a live document's object (invariant 3)."""
+        if event.get("object_key") is not None:
+            return self._purge_key(event, now)
         doc = self._read(self._q["read_document"], event["document_id"])
         deleted_blob = False
         # A document never returns to a live state, so this check cannot go stale.
@@ -242,6 +244,24 @@ class EventProcessor:
                         "now": now,
                     },
                 )
+            return self._complete(cur, event, now)
+
+    def _purge_key(self, event: Row, now: datetime | None) -> Outcome:
+        """A purge that names an object key (queued by ``s3-outbox reconcile`` for an orphan
+        object): delete the key only when no live document owns it (invariant 3). No
+        document row changes."""
+        key: str = event["object_key"]
+        if not key.startswith(self.settings.key_prefix):
+            raise ValueError(f"refusing to purge {key!r}: not under key_prefix")
+        with self.pool.connection() as conn:
+            owner = conn.execute(self._q["live_document_by_key"], {"key": key}).fetchone()
+        if owner is None:
+            self.storage.delete(key)
+        else:
+            log.warning("orphan purge of %s skipped: live document %s owns it", key, owner[0])
+        with self._transaction() as cur:
+            if self._lock(cur, event, now) is None:
+                return Outcome.SKIPPED
             return self._complete(cur, event, now)
 
     # -- shared steps --------------------------------------------------------------------
