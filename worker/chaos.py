@@ -560,6 +560,10 @@ class ChaosRun:
         self.deferred: list[tuple[str, uuid.UUID, float]] = []
         self.load_started = 0.0
 
+    def error(self, message: str) -> None:
+        with self._lock:
+            self.errors.append(message)
+
     def record(self, result: ItemResult) -> None:
         with self._lock:
             self.results.append(result)
@@ -614,8 +618,7 @@ def client_thread(run: ChaosRun, tamper: Any, start_at: Callable[[int], float]) 
                 _do_item(run, client, tamper, item, result)
                 run.counters.inc(f"scenario:{item.scenario.value}")
             except Exception as exc:
-                with run._lock:
-                    run.errors.append(f"item {item.index} ({item.scenario.value}): {exc!r}")
+                run.error(f"item {item.index} ({item.scenario.value}): {exc!r}")
                 result.expected = None
                 result.note = f"client error: {exc!r}"
             run.record(result)
@@ -643,8 +646,7 @@ def _deferred_step(run: ChaosRun, client: Client, *, force: bool) -> bool:
             )
             return True
     except Exception as exc:
-        with run._lock:
-            run.errors.append(f"deferred delete {doc_id}: {exc!r}")
+        run.error(f"deferred delete {doc_id}: {exc!r}")
         return True
     run.return_deferred(entry)
     if force:
