@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv test lint run dev-servers clean
+.PHONY: venv test lint run dev-servers clean chaos
 
 venv: $(STAMP)
 
@@ -28,6 +28,12 @@ run: venv
 
 dev-servers: venv
 	$(BIN)/python -m worker.devstack
+
+# The full chaos run (2,000 documents, faults, every invariant checked); CHAOS_ARGS e.g.
+# "--documents 500 --seed 7 --json chaos.json". Exits non-zero on any broken invariant.
+CHAOS_ARGS ?=
+chaos: venv
+	$(BIN)/s3-outbox chaos $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) .data build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache test-artifacts

@@ -149,6 +149,19 @@ def cmd_dev_servers(args: argparse.Namespace) -> int:
     return int(main_devstack([]))
 
 
+def cmd_chaos(args: argparse.Namespace) -> int:
+    """The chaos run (worker/chaos.py): real processes, a mixed load, faults, invariants."""
+    from worker.chaos import main_chaos
+
+    return main_chaos(
+        documents=args.documents,
+        seed=args.seed,
+        threads=args.threads,
+        json_path=args.json,
+        keep_data=args.keep_data,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="s3-outbox", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -192,6 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
     from worker.repair_cli import add_repair_commands
 
     add_repair_commands(sub)
+
+    p = sub.add_parser("chaos", help="chaos run: load + faults, then check every invariant")
+    p.add_argument("--documents", type=int, default=None, help="documents (default 2000)")
+    p.add_argument("--seed", type=int, default=None, help="seed of load and faults (default 1)")
+    p.add_argument("--threads", type=int, default=None, help="client threads (default 8)")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write results as JSON")
+    p.add_argument("--keep-data", action="store_true", help="keep servers' data and logs")
+    p.set_defaults(func=cmd_chaos)
     return parser
 
 

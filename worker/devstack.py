@@ -149,6 +149,12 @@ def _parent_death_preexec(sig: signal.Signals) -> Callable[[], None] | None:
     """A Popen ``preexec_fn`` that makes the child get ``sig`` when its parent dies (Linux)."""
     if not sys.platform.startswith("linux"):
         return None
+    # The kernel sends the signal when the *thread* that forked the child exits, not the
+    # process: a server (re)started from a worker thread (a chaos scheduler, a fixture
+    # helper) would be stopped as soon as that thread ends. Only the main thread lives as
+    # long as the process, so only children forked from it get the signal.
+    if threading.current_thread() is not threading.main_thread():
+        return None
     try:
         libc = ctypes.CDLL(None, use_errno=True)
     except OSError:
