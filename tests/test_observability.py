@@ -38,7 +38,7 @@ ALERTS = DEPLOY / "prometheus" / "alerts.yml"
 ALERTS_TEST = DEPLOY / "prometheus" / "alerts_test.yml"
 JOBS = ("relay", "worker", "sweeper")
 #: What the dashboard's Grafana variables stand for when a query goes straight to Prometheus.
-GRAFANA_VARIABLES = {"$__rate_interval": "20s", "$__range": "5m", "$__interval": "1s"}
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "5m", "$__interval": "1s"}
 
 PROMTOOL = shutil.which("promtool")
 PROMETHEUS = shutil.which("prometheus")
@@ -448,8 +448,14 @@ def test_real_prometheus_scrapes_processes_and_dashboard_queries_return_data(
         grafana_to_promql(targets["Actor latency by topic (p50, p95, p99)"])
     )
     assert latency.get("topic=verify", -1) > 0
-    quota = prometheus.values("max by (kind) (s3outbox_quota_bytes)")
-    assert quota["kind=used"] >= 4 * 64 and quota["kind=reserved"] == 0
+    uploaded = len(b"first document " * 64) + 3 * len(b"document 0 " * 64)
+
+    def quota_settled() -> dict[str, float] | None:
+        quota = prometheus.values("max by (kind) (s3outbox_quota_bytes)")
+        settled = quota.get("kind=used") == uploaded and quota.get("kind=reserved") == 0
+        return quota if settled else None
+
+    wait_for(quota_settled, timeout=15, interval=0.5, message="quota gauges: all used")
     assert prometheus.values("min(s3outbox_database_up)") == {"": 1.0}
 
     # The alert rules are loaded and evaluate cleanly; nothing fires on a healthy system.

@@ -194,13 +194,13 @@ def render_status(report: dict[str, Any]) -> str:
                 ["owner", "used", "reserved", "limit", "use"],
                 [
                     [
-                        q["owner_id"],
-                        human_bytes(q["used"]),
-                        human_bytes(q["reserved"]),
-                        human_bytes(q["limit"]),
-                        "-" if q["percent"] is None else f"{q['percent']:.1f}%",
+                        quota["owner_id"],
+                        human_bytes(quota["used"]),
+                        human_bytes(quota["reserved"]),
+                        human_bytes(quota["limit"]),
+                        "-" if quota["percent"] is None else f"{quota['percent']:.1f}%",
                     ]
-                    for q in report["quotas"]
+                    for quota in report["quotas"]
                 ],
             )
         )
@@ -213,7 +213,7 @@ def render_status(report: dict[str, Any]) -> str:
 def event_detail(settings: Settings, event_id: int) -> dict[str, Any] | None:
     """One event row, its document (or None when the row is gone) and the document's other
     events; None when there is no such event."""
-    q = queries.load("worker")
+    q, ops_sql = queries.load("worker"), _ops_sql()
     with (
         psycopg.connect(settings.database_url, autocommit=True) as conn,
         conn.cursor(row_factory=dict_row) as cur,
@@ -223,7 +223,7 @@ def event_detail(settings: Settings, event_id: int) -> dict[str, Any] | None:
             return None
         document = cur.execute(q["read_document"], {"id": event["document_id"]}).fetchone()
         siblings = cur.execute(
-            _ops_sql()["document_events"], {"document_id": event["document_id"]}
+            ops_sql["document_events"], {"document_id": event["document_id"]}
         ).fetchall()
     return {
         "event": {k: _jsonable(v) for k, v in event.items()},
@@ -304,14 +304,14 @@ def retry_events(
     The candidates are read and locked, then updated, in one REPEATABLE READ transaction, so
     the report is exactly the set of events that changed.
     """
-    q = queries.load("worker")
+    q, ops_sql = queries.load("worker"), _ops_sql()
     params = {"statuses": list(statuses), "topic": topic, "id": event_id}
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
         conn.isolation_level = IsolationLevel.REPEATABLE_READ
         for attempt in range(1, RETRY_ATTEMPTS + 1):
             try:
                 with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-                    before = cur.execute(_ops_sql()["retry_candidates"], params).fetchall()
+                    before = cur.execute(ops_sql["retry_candidates"], params).fetchall()
                     changed = {r["id"] for r in cur.execute(q["retry_events"], params).fetchall()}
                 break
             except psycopg.errors.SerializationFailure:
