@@ -12,7 +12,6 @@ from typing import Any
 
 import psycopg
 
-from outbox import queries
 from outbox.db import migrate
 from outbox.logs import configure as configure_logging
 from outbox.settings import Settings
@@ -78,62 +77,46 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_events_retry(args: argparse.Namespace) -> int:
-    settings = _settings()
+    """Dead events (by default, optionally of one topic) or one event back to pending."""
+    from worker import status
+
     statuses = ["dead"] if args.dead or args.id is None else ["dead", "pending", "dispatched"]
-    with psycopg.connect(settings.database_url, autocommit=True) as conn:
-        rows = conn.execute(
-            queries.load("worker")["retry_events"],
-            {"statuses": statuses, "topic": args.topic, "id": args.id},
-        ).fetchall()
-    print(f"{len(rows)} events back to pending")
-    return 0 if rows or args.id is None else 1
+    retried = status.retry_events(
+        _settings(), statuses=statuses, topic=args.topic, event_id=args.id
+    )
+    if args.json:
+        print(json.dumps({"retried": retried}, indent=2))
+    else:
+        print(status.render_retry(retried))
+    if not retried and args.id is not None:
+        print(f"event {args.id} not found or not retryable (done?)", file=sys.stderr)
+    return 0 if retried or args.id is None else 1
+
+
+def cmd_events_show(args: argparse.Namespace) -> int:
+    """One event, its document's state and its last error."""
+    from worker import status
+
+    detail = status.event_detail(_settings(), args.event_id)
+    if detail is None:
+        print(f"no event {args.event_id}", file=sys.stderr)
+        return 1
+    print(json.dumps(detail, indent=2) if args.json else status.render_event(detail))
+    return 0
 
 
 def status_report(settings: Settings) -> dict[str, Any]:
-    """Backlog by topic and state, lag, dead events and the top quotas."""
-    q = queries.load("worker")
-    with psycopg.connect(settings.database_url, autocommit=True) as conn:
-        events = conn.execute(q["event_counts"]).fetchall()
-        docs = conn.execute(q["document_counts"]).fetchall()
-        lag = conn.execute(q["event_lag"]).fetchone()
-        dead = conn.execute(q["dead_events"], {"limit": 20}).fetchall()
-        top = conn.execute(q["quota_top"], {"limit": 10}).fetchall()
-    assert lag is not None
-    return {
-        "events": [{"topic": t, "status": s, "count": n} for t, s, n in events],
-        "documents": {s: n for s, n in docs},
-        "oldest_pending_seconds": round(lag[0], 3),
-        "oldest_dispatched_seconds": round(lag[1], 3),
-        "dead": [
-            {
-                "id": i,
-                "topic": t,
-                "document_id": str(d),
-                "attempts": a,
-                "failures": f,
-                "last_error": e,
-            }
-            for i, t, d, a, f, e, _ in dead
-        ],
-        "quotas": [{"owner_id": o, "limit": lim, "used": u, "reserved": r} for o, lim, u, r in top],
-    }
+    """Backlog by topic and state, lag, dead events and the top quotas (see worker.status)."""
+    from worker import status
+
+    return status.status_report(settings)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    report = status_report(_settings())
-    if args.json:
-        print(json.dumps(report, indent=2))
-        return 0
-    print("documents:", ", ".join(f"{s}={n}" for s, n in sorted(report["documents"].items())))
-    print("events:")
-    for row in sorted(report["events"], key=lambda r: (r["topic"], r["status"])):
-        print(f"  {row['topic']:<8} {row['status']:<11} {row['count']}")
-    print(
-        f"lag: oldest pending {report['oldest_pending_seconds']}s, "
-        f"oldest dispatched {report['oldest_dispatched_seconds']}s"
-    )
-    for dead in report["dead"]:
-        print(f"dead event {dead['id']} ({dead['topic']}): {dead['last_error']}")
+    from worker import status
+
+    report = status.status_report(_settings())
+    print(json.dumps(report, indent=2) if args.json else status.render_status(report))
     return 0
 
 
@@ -183,9 +166,16 @@ def build_parser() -> argparse.ArgumentParser:
     esub = events.add_subparsers(dest="events_command", required=True)
     p = esub.add_parser("retry", help="send dead events (or one event) again")
     p.add_argument("--dead", action="store_true", help="all dead events (the default)")
-    p.add_argument("--topic", choices=["verify", "purge", "expire"])
-    p.add_argument("--id", type=int)
+    p.add_argument(
+        "--topic", choices=["verify", "purge", "expire"], help="only events of this topic"
+    )
+    p.add_argument("--id", type=int, help="this one event (dead, pending or dispatched)")
+    p.add_argument("--json", action="store_true", help="print what was retried as JSON")
     p.set_defaults(func=cmd_events_retry)
+    p = esub.add_parser("show", help="one event, its document's state and its last error")
+    p.add_argument("event_id", type=int, metavar="ID")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_events_show)
 
     p = sub.add_parser("status", help="backlog, lag, dead events, top quotas")
     p.add_argument("--json", action="store_true")

@@ -61,6 +61,7 @@ class OutboxCollector(Collector):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._q = queries.load("worker")
+        self._status_sql = queries.load("worker", "status.sql")
 
     def collect(self) -> Iterable[Metric]:
         events = GaugeMetricFamily(
@@ -78,6 +79,16 @@ class OutboxCollector(Collector):
             "Age of the oldest dispatched, unfinished event: how long the workers are behind.",
         )
         up = GaugeMetricFamily("s3outbox_database_up", "1 when the last scrape read the database.")
+        quota_bytes = GaugeMetricFamily(
+            "s3outbox_quota_bytes",
+            "Quota bytes summed over all owners, by kind: used, reserved, limit.",
+            labels=["kind"],
+        )
+        quota_owners = GaugeMetricFamily("s3outbox_quota_owners", "Owners with a quota row.")
+        quota_full = GaugeMetricFamily(
+            "s3outbox_quota_owners_above_90_percent",
+            "Owners whose used + reserved bytes are 90% or more of their (non-zero) limit.",
+        )
         try:
             with psycopg.connect(self.settings.database_url, connect_timeout=5) as conn:
                 for topic, status, n in conn.execute(self._q["event_counts"]).fetchall():
@@ -88,6 +99,12 @@ class OutboxCollector(Collector):
                 assert lag is not None
                 pending_age.add_metric([], lag[0])
                 dispatched_age.add_metric([], lag[1])
+                totals = conn.execute(self._status_sql["quota_totals"]).fetchone()
+                assert totals is not None
+                for kind, value in zip(("used", "reserved", "limit"), totals[:3], strict=True):
+                    quota_bytes.add_metric([kind], value)
+                quota_owners.add_metric([], totals[3])
+                quota_full.add_metric([], totals[4])
             up.add_metric([], 1)
         except (psycopg.Error, OSError) as exc:
             log.warning("metrics could not read the database: %s", exc)
@@ -95,6 +112,7 @@ class OutboxCollector(Collector):
             yield up
             return
         yield from (events, documents, pending_age, dispatched_age, up)
+        yield from (quota_bytes, quota_owners, quota_full)
 
 
 def serve(settings: Settings, port: int, *, with_database: bool) -> Any:
