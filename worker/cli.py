@@ -1,4 +1,4 @@
-"""The ``s3-outbox`` command: migrate, relay, sweeper, worker, events, status, run."""
+"""The ``s3-outbox`` command: migrate, relay, sweeper, worker, events, status, run, api."""
 
 from __future__ import annotations
 
@@ -126,6 +126,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run(demo=not args.no_demo, files=args.files, exit_after_demo=args.exit)
 
 
+def cmd_api(args: argparse.Namespace) -> int:
+    """The reference HTTP API and upload page (outbox.webapp) under uvicorn."""
+    try:
+        import uvicorn
+
+        from outbox.webapp import create_app
+    except ImportError as exc:
+        print(f"s3-outbox api needs: pip install 's3-outbox[api]' ({exc})", file=sys.stderr)
+        return 2
+    print(f"s3-outbox api: http://{args.host}:{args.port}/", flush=True)
+    # log_config=None: keep the s3-outbox log format (trace ids, redaction) for uvicorn too.
+    # The API logs each request itself (with its trace id): no uvicorn access log.
+    uvicorn.run(create_app(), host=args.host, port=args.port, log_config=None, access_log=False)
+    return 0
+
+
 def cmd_dev_servers(args: argparse.Namespace) -> int:
     from worker.devstack import main_devstack
 
@@ -186,6 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exit", action="store_true", help="stop everything after the demo")
     p.add_argument("files", nargs="*", help="files to upload in the demo")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("api", help="the reference HTTP API and upload page (needs [api])")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=cmd_api)
 
     sub.add_parser("dev-servers", help="only the embedded servers").set_defaults(
         func=cmd_dev_servers
