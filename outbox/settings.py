@@ -68,6 +68,7 @@ class Settings(BaseSettings):
     actor_time_limit_seconds: float = Field(120.0, gt=0)
     queue_name: str = "s3outbox"
     worker_pool_size: int = Field(8, ge=1)
+    worker_idle_poll_seconds: float = Field(0.05, gt=0, le=10)
 
     # Observability.
     metrics_host: str = "127.0.0.1"

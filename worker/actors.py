@@ -58,7 +58,7 @@ def serve_worker_metrics() -> int:
 
 
 class WorkerSetup(Middleware):
-    """Logging per process, the metrics fork, and multiprocess metrics clean-up."""
+    """Logging per process, idle polling, the metrics fork, and metrics clean-up."""
 
     @property
     def forks(self) -> list[Any]:
@@ -66,6 +66,11 @@ class WorkerSetup(Middleware):
 
     def after_process_boot(self, broker: dramatiq.Broker) -> None:
         configure_logging(settings.log_level, settings.log_json)
+
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        # An idle Redis consumer sleeps up to worker_timeout (1 s by default) between fetches:
+        # that sleep would be the confirm-to-available latency of a quiet system.
+        worker.worker_timeout = int(settings.worker_idle_poll_seconds * 1000)
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         from prometheus_client import multiprocess
