@@ -5,7 +5,8 @@ HeadObject, compare size, SHA-256 and content type with what was declared, UPDAT
 It runs on
 
 * **pgqueuer** (PostgreSQL queue, LISTEN/NOTIFY): ``python -m worker.bench_peers pgqueuer``;
-* **procrastinate** (PostgreSQL queue, LISTEN/NOTIFY): ``python -m worker.bench_peers procrastinate``;
+* **procrastinate** (PostgreSQL queue, LISTEN/NOTIFY):
+  ``python -m worker.bench_peers procrastinate``;
 * **plain Dramatiq** (Redis), messages sent by the app itself with no outbox (the
   non-transactional baseline): ``dramatiq worker.bench_peers``; this module is also the
   Dramatiq no-op actor used to measure the broker's own limit.
@@ -88,7 +89,8 @@ class PeerJob:
         if row is None or row[4] != "uploaded":
             return "skipped"
         info = self.storage.head(row[0])
-        problem = "missing" if info is None else mismatch(Declared(row[1], row[2], row[3]), info, None)
+        declared = Declared(row[1], row[2], row[3])
+        problem = "missing" if info is None else mismatch(declared, info, None)
         status = "available" if problem is None else "rejected"
         with self.pool.connection() as conn:
             conn.execute(
