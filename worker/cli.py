@@ -149,6 +149,13 @@ def cmd_dev_servers(args: argparse.Namespace) -> int:
     return int(main_devstack([]))
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Every performance figure in one run (see worker/bench.py)."""
+    from worker.bench import main as bench_main
+
+    return bench_main(args.bench_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="s3-outbox", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -187,10 +194,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("dev-servers", help="only the embedded servers").set_defaults(
         func=cmd_dev_servers
     )
+
+    p = sub.add_parser("bench", help="performance figures in one run (make bench)")
+    p.add_argument("bench_args", nargs="*", help="--quick, --output FILE, ... (see --help)")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        # The bench has its own options (--quick, --output, ...): hand them over untouched.
+        from worker.bench import main as bench_main
+
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     settings = _settings()
     configure_logging(settings.log_level, settings.log_json)
