@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv test lint run dev-servers clean chaos
+.PHONY: venv test lint run dev-servers clean chaos bench
 
 venv: $(STAMP)
 
@@ -14,6 +14,13 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
+
+# Every performance figure in one run on fresh embedded servers; table on stdout, JSON in
+# bench-results.json. BENCH_ARGS=--quick for a < 1 min smoke run.
+BENCH_ARGS ?=
+bench: venv
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[bench]'
+	$(BIN)/s3-outbox bench $(BENCH_ARGS)
 
 test: venv
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -161,6 +161,13 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Every performance figure in one run (see worker/bench.py)."""
+    from worker.bench import main as bench_main
+
+    return bench_main(args.bench_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="s3-outbox", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -224,10 +231,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, metavar="PATH", help="also write results as JSON")
     p.add_argument("--keep-data", action="store_true", help="keep servers' data and logs")
     p.set_defaults(func=cmd_chaos)
+
+    p = sub.add_parser("bench", help="performance figures in one run (make bench)")
+    p.add_argument("bench_args", nargs="*", help="--quick, --output FILE, ... (see --help)")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        # The bench has its own options (--quick, --output, ...): hand them over untouched.
+        from worker.bench import main as bench_main
+
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     settings = _settings()
     configure_logging(settings.log_level, settings.log_json)

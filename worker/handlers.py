@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
+from enum import Enum, StrEnum
 from typing import Any
 
 import psycopg
@@ -38,6 +38,15 @@ from worker.verification import Declared, mismatch
 log = logging.getLogger("s3outbox.worker")
 Row = dict[str, Any]
 Cursor = psycopg.Cursor[Row]
+
+
+class _Unread(Enum):
+    UNREAD = "unread"
+
+
+UNREAD = _Unread.UNREAD
+# A document read together with its event (None: no such document), or UNREAD.
+Prefetched = Row | None | _Unread
 
 
 class Outcome(StrEnum):
@@ -95,7 +104,7 @@ class EventProcessor:
         self.pool = pool
         self.storage = storage
         self._q = queries.load("worker")
-        self._handlers: dict[str, Callable[[Row, int, datetime | None], Outcome]] = {
+        self._handlers: dict[str, Callable[[Row, Prefetched, int, datetime | None], Outcome]] = {
             Topic.VERIFY: self._verify,
             Topic.EXPIRE: self._expire,
             Topic.PURGE: self._purge,
@@ -111,13 +120,13 @@ class EventProcessor:
         database is down); the event then stays dispatched and is sent again later.
         """
         started = time.monotonic()
-        event = self._read(self._q["read_event"], event_id)
+        event, doc = self._read_event_and_document(event_id)
         if event is None or event["status"] in (EventStatus.DONE, EventStatus.DEAD):
             return Outcome.SKIPPED
         topic = event["topic"]
         with log_context(trace_id=event["trace_id"], document_id=event["document_id"]):
             try:
-                outcome = self._handlers[topic](event, attempt, now)
+                outcome = self._handlers[topic](event, doc, attempt, now)
             except Exception as exc:
                 log.warning(
                     "event %s (%s) attempt %s failed: %s",
@@ -140,11 +149,13 @@ class EventProcessor:
 
     # -- topics --------------------------------------------------------------------------
 
-    def _verify(self, event: Row, attempt: int, now: datetime | None) -> Outcome:
+    def _verify(
+        self, event: Row, prefetched: Prefetched, attempt: int, now: datetime | None
+    ) -> Outcome:
         """uploaded -> available when the object matches and the quota takes it, else
         rejected (reservation released, purge queued). A missing object is retried with
         backoff until ``verify_deadline_seconds`` after the confirm."""
-        observation = self._observe_if(event, DocumentStatus.UPLOADED)
+        observation = self._observe_if(event, prefetched, DocumentStatus.UPLOADED)
         with self._transaction() as cur:
             locked = self._lock(cur, event, now)
             if locked is None:
@@ -177,10 +188,12 @@ class EventProcessor:
                 )
             return self._complete(cur, event, now)
 
-    def _expire(self, event: Row, attempt: int, now: datetime | None) -> Outcome:
+    def _expire(
+        self, event: Row, prefetched: Prefetched, attempt: int, now: datetime | None
+    ) -> Outcome:
         """A pending upload whose URL expired: verify once. A matching object means only the
         confirm was lost -> available; anything else -> expired, blob purged if any."""
-        observation = self._observe_if(event, DocumentStatus.PENDING)
+        observation = self._observe_if(event, prefetched, DocumentStatus.PENDING)
         with self._transaction() as cur:
             locked = self._lock(cur, event, now)
             if locked is None:
@@ -202,12 +215,14 @@ class EventProcessor:
                 self._refuse(cur, doc, DocumentStatus.EXPIRED, reason, observation.info, now)
             return self._complete(cur, event, now)
 
-    def _purge(self, event: Row, attempt: int, now: datetime | None) -> Outcome:
+    def _purge(
+        self, event: Row, prefetched: Prefetched, attempt: int, now: datetime | None
+    ) -> Outcome:
         """Delete the blob of a document that is no longer live; then deleting -> deleted and
         its charge released. Never touches a live document's object (invariant 3)."""
         if event.get("object_key") is not None:
             return self._purge_key(event, now)
-        doc = self._read(self._q["read_document"], event["document_id"])
+        doc = self._document(event, prefetched)
         deleted_blob = False
         # A document never returns to a live state, so this check cannot go stale.
         if doc is not None and doc["status"] not in LIVE_STATUSES:
@@ -266,9 +281,11 @@ class EventProcessor:
 
     # -- shared steps --------------------------------------------------------------------
 
-    def _observe_if(self, event: Row, status: DocumentStatus) -> Observation | None:
+    def _observe_if(
+        self, event: Row, prefetched: Prefetched, status: DocumentStatus
+    ) -> Observation | None:
         """Look at the object, outside any transaction, if the document is in ``status``."""
-        doc = self._read(self._q["read_document"], event["document_id"])
+        doc = self._document(event, prefetched)
         if doc is None or doc["status"] != status:
             return None
         return self._observe(doc)
@@ -428,6 +445,28 @@ class EventProcessor:
         return Outcome.RETRY
 
     # -- database helpers ----------------------------------------------------------------
+
+    def _read_event_and_document(self, event_id: int) -> tuple[Row | None, Prefetched]:
+        """The event and then its document, read one after the other (no locks) on ONE pooled
+        connection: one checkout and one connection check instead of two. If the document
+        read fails, the handler reads it again itself (inside its error handling)."""
+        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            event: Row | None = cur.execute(self._q["read_event"], {"id": event_id}).fetchone()
+            if event is None or event["status"] in (EventStatus.DONE, EventStatus.DEAD):
+                return event, UNREAD
+            try:
+                doc: Row | None = cur.execute(
+                    self._q["read_document"], {"id": event["document_id"]}
+                ).fetchone()
+            except psycopg.Error:
+                return event, UNREAD
+            return event, doc
+
+    def _document(self, event: Row, prefetched: Prefetched) -> Row | None:
+        """The event's document as read with the event, or read now."""
+        if prefetched is UNREAD:
+            return self._read(self._q["read_document"], event["document_id"])
+        return prefetched if isinstance(prefetched, dict) else None
 
     def _read(self, query: str, ident: object) -> Row | None:
         with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
