@@ -149,7 +149,7 @@ class Outbox:
             document=doc,
             url=url,
             headers=headers,
-            expires_at=doc.upload_expires_at,
+            expires_at=expires_at,  # this URL's; the document's may be later (a longer URL)
             deduplicated=deduplicated,
         )
 
