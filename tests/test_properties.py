@@ -79,7 +79,7 @@ CONTENTS: tuple[tuple[bytes, str], ...] = (
     (b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 6, "image/png"),
     (b"a,b,c\n" + b"1,2,3\n" * 430, "text/csv"),
 )
-LIMITS = (0, 700, 1600, 3000, 4000, 10_000)
+LIMITS = (0, 700, 1600, 3000, 4000, 10_000, None)  # None: exactly used + reserved
 TTLS = (120, 600, 3600)  # seconds; also the real lifetime of the signature
 MACHINE_SETTINGS: dict[str, Any] = {
     "upload_url_ttl_seconds": 600,
@@ -95,6 +95,8 @@ MACHINE_SETTINGS: dict[str, Any] = {
     "relay_batch_size": 50,
     "sweeper_batch_size": 50,
 }
+# What may land between a handler's look at storage and its transaction (None: nothing).
+BETWEEN = st.sampled_from([None, None, None, "delete", "confirm", "put", "request", "tight_limit"])
 SWEEPER_JOBS = ("expire_abandoned", "rescue_stale", "prune_done")
 LIVE = {s.value for s in LIVE_STATUSES}
 #: What the runs exercised (printed by the test: ``pytest -s``); also Hypothesis events.
@@ -276,6 +278,8 @@ class OutboxMachine(RuleBasedStateMachine):
             assert not ticket.deduplicated and ticket.url is not None
             assert used + reserved + len(body) <= limit
             assert self.quota(owner)[1:] == (used, reserved + len(body))
+        if ticket.url is not None:
+            assert ticket.expires_at == self.now + timedelta(seconds=ttl), "not this URL's"
         # Invariant 8: the key is the server's, whatever the filename.
         assert ticket.document.object_key == object_key(self.settings, doc_id)
         doc = self.by_id.get(doc_id)
@@ -310,8 +314,10 @@ class OutboxMachine(RuleBasedStateMachine):
 
     def process(self, event_id: int, attempt: int, now: datetime) -> Outcome:
         before = self.db.execute(
-            "SELECT status FROM s3outbox.events WHERE id = %s", (event_id,)
+            "SELECT status, attempts FROM s3outbox.events WHERE id = %s", (event_id,)
         ).fetchone()
+        if before is not None and before[1] != attempt:
+            note("message of an older attempt")
         outcome = self.processor.process(event_id, attempt, now=now)
         note(f"outcome {outcome.value}")
         if before is None or before[0] in ("done", "dead"):
@@ -356,8 +362,10 @@ class OutboxMachine(RuleBasedStateMachine):
             self.conn.commit()
 
     @rule(owner=st.sampled_from(OWNERS), limit=st.sampled_from(LIMITS))
-    def set_limit(self, owner: str, limit: int) -> None:
+    def set_limit(self, owner: str, limit: int | None) -> None:
         _old, used, reserved = self.quota(owner)
+        if limit is None:
+            limit = used + reserved
         try:
             quota = self.outbox.set_limit(self.conn, owner_id=owner, limit_bytes=limit)
         except QuotaBelowUsage:
@@ -497,9 +505,10 @@ class OutboxMachine(RuleBasedStateMachine):
         ).fetchone()
         assert left is not None and left[0] == 0, "the relay left due events behind"
 
-    @rule(rnd=st.randoms(use_true_random=False))
-    def work(self, rnd: Any) -> None:
-        """A relay round, then every message it has sent and nobody finished, in any order."""
+    @rule(rnd=st.randoms(use_true_random=False), between=BETWEEN)
+    def work(self, rnd: Any, between: str | None) -> None:
+        """A relay round, then every message it has sent and nobody finished, in any order;
+        ``between`` lands in the first handler that looks at storage."""
         self.relay.run_once(now=self.now)
         self.record_dispatched()
         pending = list(
@@ -508,32 +517,52 @@ class OutboxMachine(RuleBasedStateMachine):
             ).fetchall()
         )
         rnd.shuffle(pending)
+        fired = self.storage.fired
         for event_id, attempt in pending:
-            self.process(event_id, attempt, self.now)
+            if between is not None and self.storage.fired == fired:
+                self.arm(event_id, between)
+            try:
+                self.process(event_id, attempt, self.now)
+            finally:
+                self.storage.disarm()
+
+    def arm(self, event_id: int, action: str) -> None:
+        row = self.db.execute(
+            "SELECT document_id FROM s3outbox.events WHERE id = %s", (event_id,)
+        ).fetchone()
+        doc = self.by_id.get(row[0]) if row is not None else None
+        if doc is not None:
+            self.storage.arm(lambda: self.interleave(doc, action))
 
     @precondition(lambda self: bool(self.messages))
     @rule(
         i=st.integers(0, 1000),
-        between=st.sampled_from([None, None, None, "delete", "confirm", "put", "request"]),
+        between=BETWEEN,
+        any_message=st.booleans(),
     )
-    def run_message(self, i: int, between: str | None) -> None:
-        """Handle one message a relay sent: any of them, maybe again, maybe stale; with
-        ``between``, another real action lands between the handler's look at storage and its
-        transaction."""
-        event_id, attempt = self.pick(self.messages, i)
+    def run_message(self, i: int, between: str | None, any_message: bool) -> None:
+        """Handle one message a relay sent: any of them, maybe again, maybe stale (or, without
+        ``any_message``, one whose event is unfinished); with ``between``, another real action
+        lands between the handler's look at storage and its transaction."""
+        unfinished = {
+            event_id
+            for (event_id,) in self.db.execute(
+                "SELECT id FROM s3outbox.events WHERE status IN ('pending', 'dispatched')"
+            ).fetchall()
+        }
+        choices = self.messages
+        if not any_message and any(m[0] in unfinished for m in self.messages):
+            choices = [m for m in self.messages if m[0] in unfinished]
+        event_id, attempt = self.pick(choices, i)
         if between is not None:
-            row = self.db.execute(
-                "SELECT document_id FROM s3outbox.events WHERE id = %s", (event_id,)
-            ).fetchone()
-            doc = self.by_id.get(row[0]) if row is not None else None
-            if doc is not None:
-                self.storage.arm(lambda: self.interleave(doc, between))
+            self.arm(event_id, between)
         try:
             self.process(event_id, attempt, self.now)
         finally:
             self.storage.disarm()
 
     def interleave(self, doc: DocModel, action: str) -> None:
+        note(f"interleaved {action}")
         if action == "delete":
             self.outbox.delete(self.conn, owner_id=doc.owner, document_id=doc.id, now=self.now)
             self.conn.commit()
@@ -548,6 +577,8 @@ class OutboxMachine(RuleBasedStateMachine):
             urls = [u for u in doc.urls if u.usable(self.now, self.settings.purge_grace_seconds)]
             if urls:
                 self.put_right(urls[-1])
+        elif action == "tight_limit":
+            self.set_limit(doc.owner, None)
         elif action == "request":
             content = next(i for i, (b, _t) in enumerate(CONTENTS) if b == doc.body)
             self.request(doc.owner, content, max(TTLS))
