@@ -87,6 +87,7 @@ class DocModel:
     good_while_pending: bool = False
     deleted_by_test: bool = False
     tampered: int = 0
+    last_status: str = "pending"  # as the last check saw it
     urls: list[IssuedUrl] = field(default_factory=list)
 
 

@@ -102,6 +102,28 @@ MACHINE_SETTINGS: dict[str, Any] = {
     "relay_batch_size": 50,
     "sweeper_batch_size": 50,
 }
+_NEXT: dict[str, set[str]] = {
+    "pending": {"uploaded", "available", "expired", "deleting"},
+    "uploaded": {"available", "rejected", "deleting"},
+    "available": {"deleting"},
+    "rejected": {"deleted"},
+    "expired": {"deleted"},
+    "deleting": {"deleted"},
+    "deleted": set(),
+}
+
+
+def _reachable(status: str) -> set[str]:
+    seen, todo = {status}, [status]
+    while todo:
+        for nxt in _NEXT[todo.pop()] - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    return seen
+
+
+#: Every status a document in a given status may be found in later.
+REACHABLE = {status: _reachable(status) for status in _NEXT}
 # What may land between a handler's look at storage and its transaction (None: nothing).
 BETWEEN = st.sampled_from([None, None, None, "delete", "confirm", "put", "request", "tight_limit"])
 SWEEPER_JOBS = ("expire_abandoned", "rescue_stale", "prune_done")
@@ -195,6 +217,7 @@ class OutboxMachine(RuleBasedStateMachine):
         self.by_id: dict[uuid.UUID, DocModel] = {}
         self.messages: list[tuple[int, int]] = []  # every (event id, attempt) a relay sent
         self.status_after_teardown: dict[uuid.UUID, str] = {}
+        self.finished_events: dict[int, str] = {}
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -651,6 +674,14 @@ class OutboxMachine(RuleBasedStateMachine):
                 assert status in ("deleting", "deleted"), f"{doc_id}: deleted, now {status}"
             if doc.last_write == "bad":
                 assert status != "available", f"{doc_id}: tampered, yet available"
+            # Only moves DESIGN.md's state diagram allows (several may happen in one step).
+            assert status in REACHABLE[doc.last_status], f"{doc_id}: {doc.last_status}->{status}"
+            doc.last_status = status
+        # A finished event stays finished (or is pruned).
+        events = dict(self.db.execute("SELECT id, status FROM s3outbox.events").fetchall())
+        for event_id, status in self.finished_events.items():
+            assert events.get(event_id, status) == status, f"event {event_id} came back"
+        self.finished_events.update((i, s) for i, s in events.items() if s in ("done", "dead"))
 
     # -- the end -------------------------------------------------------------------------
 
