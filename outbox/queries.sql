@@ -51,6 +51,11 @@ SELECT %(id)s, reserved.owner_id, %(object_key)s, %(filename)s, %(content_type)s
 FROM reserved
 RETURNING d.*;
 
+-- name: lock_owner_quota
+-- Lock an owner's quota row (if any) before touching their documents: the same order as
+-- request_upload (quota, then document), so a delete and a request cannot deadlock.
+SELECT q.owner_id FROM s3outbox.quotas q WHERE q.owner_id = %(owner_id)s FOR UPDATE;
+
 -- name: get_document
 SELECT d.* FROM s3outbox.documents d WHERE d.id = %(id)s AND d.owner_id = %(owner_id)s;
 
