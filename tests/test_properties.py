@@ -74,7 +74,7 @@ _COMMON: dict[str, Any] = {
         str(Path(__file__).resolve().parent.parent / ".pytest_cache" / "hypothesis")
     ),
 }
-hsettings.register_profile("ci", max_examples=20, stateful_step_count=25, **_COMMON)
+hsettings.register_profile("ci", max_examples=25, stateful_step_count=30, **_COMMON)
 hsettings.register_profile("long", max_examples=300, stateful_step_count=60, **_COMMON)
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
 
@@ -658,6 +658,7 @@ class OutboxMachine(RuleBasedStateMachine):
 
     @invariant()
     def system_invariants(self) -> None:
+        SEEN["steps checked"] += 1
         report = check_invariants(self.settings, self.storage, settled=False, now=self.now)
         assert report.ok, report.summary()
         assert not self.event_errors(), "a handler failed although every server works"
@@ -713,6 +714,7 @@ class OutboxMachine(RuleBasedStateMachine):
         raise AssertionError("the system did not settle in 30 rounds")
 
     def teardown(self) -> None:
+        SEEN["examples"] += 1
         try:
             if not hasattr(self, "relay"):
                 return
