@@ -566,6 +566,13 @@ class OutboxMachine(RuleBasedStateMachine):
             finally:
                 self.storage.disarm()
 
+    @rule(rnd=st.randoms(use_true_random=False), between=BETWEEN)
+    def workers_round(self, rnd: Any, between: str | None) -> None:
+        """What the processes do in one round: every sweeper job, then a relay round and
+        its messages."""
+        self.sweeper.run_once(now=self.now)
+        self.work(rnd, between)
+
     def arm(self, event_id: int, action: str) -> None:
         row = self.db.execute(
             "SELECT document_id FROM s3outbox.events WHERE id = %s", (event_id,)
