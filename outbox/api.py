@@ -150,7 +150,7 @@ class Outbox:
             document=doc,
             url=url,
             headers=headers,
-            expires_at=doc.upload_expires_at,
+            expires_at=expires_at,  # this URL's; the document's may be later (a longer URL)
             deduplicated=deduplicated,
         )
 
@@ -214,6 +214,7 @@ class Outbox:
         trace = _trace(trace_id)
         params = {"id": doc_id, "owner_id": owner, "now": now, "trace_id": trace}
         with atomic(conn) as cur:
+            cur.execute(self._q["lock_owner_quota"], {"owner_id": owner})
             row = cur.execute(self._q["delete_live_document"], params).fetchone()
             if row is None:
                 row = cur.execute(self._q["hide_finished_document"], params).fetchone()

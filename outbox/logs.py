@@ -27,7 +27,10 @@ _REDACTIONS = (
     (re.compile(r"(X-Amz-Credential=)[^&\s\"']+"), r"\1REDACTED"),
     (re.compile(r"(X-Amz-Security-Token=)[^&\s\"']+"), r"\1REDACTED"),
     (re.compile(r"(Signature=)[0-9a-fA-F]{16,}"), r"\1REDACTED"),
-    (re.compile(r"(://[^:/@\s]+:)[^@\s]+(@)"), r"\1REDACTED\2"),
+    # botocore's DEBUG log of every SigV4 signature it computes, presigned URLs' included.
+    (re.compile(r"(Signature:\s*)[0-9a-fA-F]{16,}"), r"\1REDACTED"),
+    # user:password@ and :password@ (Redis URLs often have no user name).
+    (re.compile(r"(://[^:/@\s]*:)[^@\s]+(@)"), r"\1REDACTED\2"),
     (
         re.compile(
             r"((?:secret|password|aws_secret_access_key)[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+", re.I
@@ -97,7 +100,10 @@ class JsonFormatter(logging.Formatter):
         }
         for key, value in vars(record).items():
             if key not in _STANDARD and value is not None:
-                payload[key] = value if isinstance(value, int | float | bool) else str(value)
+                # Extra fields bypass the message redaction: redact them here.
+                payload[key] = (
+                    value if isinstance(value, int | float | bool) else redact(str(value))
+                )
         if record.exc_info:
             payload["exc"] = redact(self.formatException(record.exc_info))
         return json.dumps(payload, ensure_ascii=False)

@@ -21,8 +21,11 @@ LIMIT 1;
 
 -- name: refresh_pending_upload
 -- A second request for content still pending gets a fresh URL for the same document.
+-- Every URL issued stays valid until its own expiry, so the document's expiry is the latest
+-- of them: never shorten it, or the sweeper would expire and purge the upload (with no purge
+-- after that) while an earlier, longer URL can still recreate the object (invariant 7).
 UPDATE s3outbox.documents d
-SET upload_expires_at = %(expires_at)s,
+SET upload_expires_at = greatest(d.upload_expires_at, %(expires_at)s),
     expire_requested_at = NULL,
     updated_at = coalesce(%(now)s::timestamptz, now())
 WHERE d.id = %(id)s AND d.status = 'pending'
@@ -47,6 +50,11 @@ SELECT %(id)s, reserved.owner_id, %(object_key)s, %(filename)s, %(content_type)s
        coalesce(%(now)s::timestamptz, now()), coalesce(%(now)s::timestamptz, now())
 FROM reserved
 RETURNING d.*;
+
+-- name: lock_owner_quota
+-- Lock an owner's quota row (if any) before touching their documents: the same order as
+-- request_upload (quota, then document), so a delete and a request cannot deadlock.
+SELECT q.owner_id FROM s3outbox.quotas q WHERE q.owner_id = %(owner_id)s FOR UPDATE;
 
 -- name: get_document
 SELECT d.* FROM s3outbox.documents d WHERE d.id = %(id)s AND d.owner_id = %(owner_id)s;
