@@ -387,11 +387,13 @@ class EventProcessor:
     def _lock(
         self, cur: Cursor, event: Row, now: datetime | None
     ) -> tuple[datetime, Row | None] | None:
-        """Lock the event then its document (always in that order). None when the event was
-        finished meanwhile: the caller must change nothing."""
+        """Lock the event, the owner's quota row, then the document: always in that order, the
+        library's too (quota before document), so workers and web requests cannot deadlock.
+        None when the event was finished meanwhile: the caller must change nothing."""
         locked = cur.execute(self._q["lock_event"], {"id": event["id"], "now": now}).fetchone()
         if locked is None or locked["status"] not in (EventStatus.PENDING, EventStatus.DISPATCHED):
             return None
+        cur.execute(self._q["lock_quota_of_document"], {"id": event["document_id"]})
         doc = cur.execute(self._q["lock_document"], {"id": event["document_id"]}).fetchone()
         return locked["clock"], doc
 

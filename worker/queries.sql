@@ -106,6 +106,12 @@ RETURNING id;
 -- name: read_document
 SELECT d.* FROM s3outbox.documents d WHERE d.id = %(id)s;
 
+-- name: lock_quota_of_document
+-- A document's owner never changes, so reading it unlocked to find the quota row is safe.
+SELECT q.owner_id FROM s3outbox.quotas q
+WHERE q.owner_id = (SELECT d.owner_id FROM s3outbox.documents d WHERE d.id = %(id)s)
+FOR UPDATE;
+
 -- name: lock_document
 SELECT d.* FROM s3outbox.documents d WHERE d.id = %(id)s FOR UPDATE;
 
