@@ -331,6 +331,8 @@ def run(demo: bool = True, files: list[str] | None = None, exit_after_demo: bool
                 _say("no web API: it needs pip install 's3-outbox[api]'")
                 del commands["web"]
             procs.start(commands)
+            if "web" in commands:
+                _say("upload page and HTTP API: http://127.0.0.1:8000/ (docs at /docs)")
             ok = True
             if demo:
                 paths = [Path(f) for f in files] if files else demo_files()
@@ -343,8 +345,6 @@ def run(demo: bool = True, files: list[str] | None = None, exit_after_demo: bool
                 f":{settings.worker_metrics_port} (workers), :{settings.sweeper_metrics_port}"
                 " (sweeper). Ctrl-C stops it all."
             )
-            if "web" in commands:
-                _say("upload page and HTTP API: http://127.0.0.1:8000/ (docs at /docs)")
             while not stop.wait(1.0):
                 if dead := procs.dead():
                     _say(f"process exited: {', '.join(dead)}; stopping")
