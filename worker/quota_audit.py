@@ -25,6 +25,7 @@ from psycopg.rows import dict_row
 
 from outbox import queries
 from outbox.settings import Settings
+from worker.progress import bar
 
 log = logging.getLogger("s3outbox.quota_audit")
 
@@ -95,6 +96,7 @@ def audit_quotas(
     now: datetime | None = None,
     page_size: int = PAGE_SIZE,
     sample_limit: int = SAMPLE_LIMIT,
+    progress: bool = False,
 ) -> QuotaAuditReport:
     """Compare every owner's quota row with the sums over their documents; with ``fix``,
     correct each drifted owner in its own transaction (see the module docstring). Owners
@@ -106,11 +108,13 @@ def audit_quotas(
         conn.cursor(row_factory=dict_row) as cur,
     ):
         after = ""
+        counter = bar(progress, "owners", "owner")
         while True:
             page = cur.execute(
                 q["quota_audit_page"], {"after": after, "limit": page_size}
             ).fetchall()
             report.owners_checked += len(page)
+            counter.update(len(page))
             for row in page:
                 if (row["used_bytes"], row["reserved_bytes"]) != (
                     row["charged_sum"],

@@ -44,6 +44,7 @@ from psycopg.rows import dict_row
 from outbox import queries
 from outbox.constants import LIVE_STATUSES, DocumentStatus, Topic
 from outbox.settings import Settings
+from worker.progress import bar
 from worker.storage import ObjectInfo, Storage
 from worker.verification import Declared, mismatch
 
@@ -149,13 +150,15 @@ def reconcile(
     storage: Storage | None = None,
     page_size: int = PAGE_SIZE,
     sample_limit: int = SAMPLE_LIMIT,
+    progress: bool = False,
 ) -> ReconcileReport:
     """Compare the bucket (under ``settings.key_prefix``) with the document rows and report
     orphan objects, broken ``available`` documents and stuck documents. With ``apply``,
     queue the repairs (see the module docstring); running it again then changes nothing.
 
     ``now`` is the clock that decides what is old (default: the database's); ``horizon`` is
-    how old, in seconds, an unowned object must be to count as an orphan.
+    how old, in seconds, an unowned object must be to count as an orphan. ``progress`` shows
+    progress bars on a terminal.
     """
     if horizon < 0:
         raise ValueError("horizon must be >= 0 seconds")
@@ -176,7 +179,7 @@ def reconcile(
             run_id=run_id,
             sample_limit=sample_limit,
         )
-        walk = _Walk(settings, storage, conn, q, report, apply, page_size)
+        walk = _Walk(settings, storage, conn, q, report, apply, page_size, progress)
         walk.orphans()
         walk.broken()
         walk.stuck()
@@ -202,6 +205,7 @@ class _Walk:
     report: ReconcileReport
     apply: bool
     page_size: int
+    progress: bool = False
 
     @property
     def trace_id(self) -> str:
@@ -213,6 +217,7 @@ class _Walk:
         report = self.report
         cutoff = report.now - timedelta(seconds=report.horizon_seconds)
         paginator = self.storage.client.get_paginator("list_objects_v2")
+        counter = bar(self.progress, "bucket objects", "obj")
         for page in paginator.paginate(
             Bucket=self.settings.s3_bucket,
             Prefix=self.settings.key_prefix,
@@ -223,6 +228,7 @@ class _Walk:
                 continue
             keys = [obj["Key"] for obj in contents]
             report.objects_listed += len(keys)
+            counter.update(len(keys))
             with self.conn.cursor(row_factory=dict_row) as cur:
                 rows = {
                     r["object_key"]: r
@@ -297,8 +303,10 @@ class _Walk:
     def broken(self) -> None:
         report = self.report
         with ThreadPoolExecutor(max_workers=_HEAD_THREADS) as pool:
+            counter = bar(self.progress, "available documents", "doc")
             for page in self._pages(self.q["reconcile_available_page"], {}):
                 report.available_checked += len(page)
+                counter.update(len(page))
                 checks = list(pool.map(self._check, page))
                 for row, check in zip(page, checks, strict=True):
                     if check.unprovable:

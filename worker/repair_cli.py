@@ -23,7 +23,9 @@ def _seconds(text: str) -> float:
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
     """``s3-outbox reconcile [--apply] [--horizon SECONDS] [--json]``."""
-    report = reconcile.reconcile(Settings(), apply=args.apply, horizon=args.horizon)
+    report = reconcile.reconcile(
+        Settings(), apply=args.apply, horizon=args.horizon, progress=not args.json
+    )
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -35,7 +37,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 def cmd_quota_audit(args: argparse.Namespace) -> int:
     """``s3-outbox quota audit [--fix] [--json]``."""
-    report = quota_audit.audit_quotas(Settings(), fix=args.fix)
+    report = quota_audit.audit_quotas(Settings(), fix=args.fix, progress=not args.json)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
