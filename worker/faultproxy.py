@@ -29,6 +29,7 @@ import logging
 import random
 import socket
 import struct
+import sys
 import threading
 import time
 from collections import Counter
@@ -208,6 +209,14 @@ class _Server(ThreadingHTTPServer):
     # Many short worker connections at once; the default of 5 refuses bursts.
     request_queue_size = 128
     proxy: FaultProxy
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A worker killed mid-request (a fault we inject ourselves) hangs up on us: expected.
+        exc = sys.exc_info()[1]
+        if isinstance(exc, BrokenPipeError | ConnectionResetError):
+            log.debug("client %s hung up: %s", client_address, exc)
+            return
+        super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
