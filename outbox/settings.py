@@ -109,3 +109,19 @@ class Settings(BaseSettings):
     def public_endpoint(self) -> str:
         """The endpoint that browsers reach storage at; URLs are signed for it."""
         return self.s3_public_endpoint_url or self.s3_endpoint_url
+
+    def to_env(self) -> dict[str, str]:
+        """The S3OUTBOX_* environment that reproduces these settings in a child process
+        (secrets included: hand it only to processes of your own)."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            if isinstance(value, tuple | list):
+                value = json.dumps(list(value))
+            elif isinstance(value, bool):
+                value = "true" if value else "false"
+            env[f"S3OUTBOX_{name.upper()}"] = str(value)
+        return env

@@ -5,7 +5,6 @@ tables are truncated, and each test gets its own object-key prefix and Dramatiq 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
 import subprocess
@@ -50,18 +49,7 @@ TEST_OVERRIDES: dict[str, Any] = {
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The S3OUTBOX_* environment that reproduces ``settings`` in a child process."""
-    env: dict[str, str] = {}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        if isinstance(value, tuple | list):
-            value = json.dumps(list(value))
-        elif isinstance(value, bool):
-            value = "true" if value else "false"
-        env[f"S3OUTBOX_{name.upper()}"] = str(value)
-    return env
+    return settings.to_env()
 
 
 @pytest.fixture(scope="session")

@@ -242,22 +242,6 @@ class ChaosResult:
 # -- processes ---------------------------------------------------------------------------
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The S3OUTBOX_* environment that reproduces ``settings`` in a child process."""
-    env: dict[str, str] = {}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        if isinstance(value, tuple | list):
-            value = json.dumps(list(value))
-        elif isinstance(value, bool):
-            value = "true" if value else "false"
-        env[f"S3OUTBOX_{name.upper()}"] = str(value)
-    return env
-
-
 class Processes:
     """relay, Dramatiq workers and sweeper, each in its own process group, owned by PID."""
 
@@ -268,7 +252,7 @@ class Processes:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("S3OUTBOX_")}
-        self.env.update(settings_env(settings))
+        self.env.update(settings.to_env())
         self.env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p
         )
