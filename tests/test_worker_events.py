@@ -740,3 +740,27 @@ def test_relay_pipeline_stores_messages_as_dramatiq_enqueue(relay: Relay) -> Non
         assert set(mine["options"]) == set(shape["options"]) == {"redis_message_id"}
     finally:
         broker.client.delete(key, f"{key}.msgs")
+
+
+def test_pool_check_reconnects_after_backend_terminated(settings: Settings) -> None:
+    """The quiet-socket check still catches a connection the server closed: the next
+    checkout gets a working connection, not an error."""
+    pool = make_pool(settings, max_size=1)
+    try:
+        with pool.connection() as c:
+            pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+        with psycopg.connect(settings.database_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        wait_for(lambda: _socket_readable(pool), timeout=5)
+        with pool.connection() as c:
+            new_pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+        assert new_pid != pid
+    finally:
+        pool.close()
+
+
+def _socket_readable(pool: Any) -> bool:
+    import select
+
+    conn = pool._pool[0]
+    return bool(select.select([conn.fileno()], [], [], 0)[0])
