@@ -712,3 +712,55 @@ def test_a_missing_bucket_is_a_failure_not_a_missing_object(
     assert doc_row(settings, ticket.document.id)["status"] == DocumentStatus.UPLOADED
     (event,) = events_of(settings, ticket.document.id, "verify")
     assert "BucketMissing" in event["last_error"]
+
+
+def test_relay_pipeline_stores_messages_as_dramatiq_enqueue(relay: Relay) -> None:
+    """The relay's one-pipeline send stores each message exactly as RedisBroker.enqueue."""
+    from dramatiq import Message
+
+    broker: Any = relay.broker
+    queue = f"pipeline-test-{uuid.uuid4().hex[:8]}"
+    key = f"{broker.namespace}:{queue}"
+
+    def message(i: int, options: dict[str, Any]) -> Message[Any]:
+        return Message(queue_name=queue, actor_name="a", args=(i, 0), kwargs={}, options=options)
+
+    try:
+        theirs = broker.enqueue(message(0, {}))
+        ours = [message(i, {"redis_message_id": str(uuid.uuid4())}) for i in (1, 2, 3)]
+        relay._send(ours)
+        ids = [i.decode() for i in broker.client.lrange(key, 0, -1)]
+        assert ids == [m.options["redis_message_id"] for m in [theirs, *ours]]
+        stored = broker.client.hgetall(f"{key}.msgs")
+        for m in [theirs, *ours]:
+            assert stored[m.options["redis_message_id"].encode()] == m.encode()
+        shape = Message.decode(stored[ids[0].encode()]).asdict()
+        mine = Message.decode(stored[ids[1].encode()]).asdict()
+        assert set(mine) == set(shape)
+        assert set(mine["options"]) == set(shape["options"]) == {"redis_message_id"}
+    finally:
+        broker.client.delete(key, f"{key}.msgs")
+
+
+def test_pool_check_reconnects_after_backend_terminated(settings: Settings) -> None:
+    """The quiet-socket check still catches a connection the server closed: the next
+    checkout gets a working connection, not an error."""
+    pool = make_pool(settings, max_size=1)
+    try:
+        with pool.connection() as c:
+            pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+        with psycopg.connect(settings.database_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        wait_for(lambda: _socket_readable(pool), timeout=5)
+        with pool.connection() as c:
+            new_pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+        assert new_pid != pid
+    finally:
+        pool.close()
+
+
+def _socket_readable(pool: Any) -> bool:
+    import select
+
+    conn = pool._pool[0]
+    return bool(select.select([conn.fileno()], [], [], 0)[0])

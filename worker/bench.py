@@ -139,7 +139,7 @@ def machine_info(servers: dict[str, str]) -> Json:
                 break
     load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
     versions: Json = {}
-    for pkg in ("dramatiq", "psycopg", "boto3", "pgqueuer", "procrastinate", "redis"):
+    for pkg in ("dramatiq", "psycopg", "boto3", "pgqueuer", "asyncpg", "procrastinate", "redis"):
         with contextlib.suppress(Exception):
             from importlib.metadata import version
 

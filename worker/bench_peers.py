@@ -24,6 +24,8 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from typing import Any
 
 import dramatiq
@@ -145,15 +147,23 @@ def verify(doc_id: str) -> None:
 
 
 async def run_pgqueuer(settings: Settings, concurrency: int) -> None:
-    """A pgqueuer worker: ``concurrency`` jobs at a time, the job in a thread."""
-    import psycopg
-    from pgqueuer.db import PsycopgDriver
+    """A pgqueuer worker: ``concurrency`` jobs at a time, the job in a thread.
+
+    * asyncpg, pgqueuer's own driver: its PsycopgDriver waits for NOTIFY in
+      ``notifies(timeout=1.0)`` holding the connection's lock, so every dequeue and
+      completion on that one connection waited up to 1 s (one batch per second: 9-24 docs/s).
+    * ``concurrency`` threads for the jobs (asyncio's default pool has cpu_count + 4 = 6 here),
+      as many picked jobs as Dramatiq prefetches (2 x threads), and the same 50 ms idle
+      poll as our workers (``S3OUTBOX_WORKER_IDLE_POLL_SECONDS``), LISTEN/NOTIFY besides.
+    """
+    import asyncpg
+    from pgqueuer.db import AsyncpgDriver
     from pgqueuer.models import Job
     from pgqueuer.qm import QueueManager
     from pgqueuer.queries import Queries
 
-    conn = await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True)
-    qm = QueueManager(Queries(PsycopgDriver(conn)))
+    conn = await asyncpg.connect(settings.database_url)
+    qm = QueueManager(Queries(AsyncpgDriver(conn)))
     peer = job(concurrency)
 
     @qm.entrypoint(PGQ_ENTRYPOINT)
@@ -162,9 +172,14 @@ async def run_pgqueuer(settings: Settings, concurrency: int) -> None:
         await asyncio.to_thread(peer.verify, item.payload.decode())
 
     loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(concurrency, thread_name_prefix="pgq-job"))
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, qm.shutdown.set)
-    await qm.run(batch_size=concurrency, max_concurrent_tasks=concurrency * 2)
+    await qm.run(
+        batch_size=concurrency,
+        max_concurrent_tasks=concurrency * 2,
+        dequeue_timeout=timedelta(seconds=settings.worker_idle_poll_seconds),
+    )
 
 
 # -- procrastinate -------------------------------------------------------------------------
@@ -191,7 +206,17 @@ def run_procrastinate(settings: Settings, concurrency: int) -> None:
     async def verify_task(doc_id: str) -> None:
         await asyncio.to_thread(peer.verify, doc_id)
 
-    app.run_worker(queues=[PROCRASTINATE_QUEUE], concurrency=concurrency, wait=True)
+    async def work() -> None:
+        # concurrency threads for the jobs, as for pgqueuer (the default pool has 6 here)
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(concurrency, thread_name_prefix="procrastinate-job")
+        )
+        async with app.open_async():
+            await app.run_worker_async(
+                queues=[PROCRASTINATE_QUEUE], concurrency=concurrency, wait=True
+            )
+
+    asyncio.run(work())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

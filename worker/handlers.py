@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import select
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -82,6 +83,23 @@ def backoff_seconds(settings: Settings, failures: int) -> float:
     return random.uniform(ceiling / 2, ceiling)
 
 
+def check_connection(conn: psycopg.Connection[Any]) -> None:
+    """The pool's check on checkout, without a round trip while the connection is quiet.
+
+    An idle connection has nothing to read. When the server goes away (restart, backend
+    terminated) it sends a FATAL error and closes the socket, so the socket turns readable:
+    only then is the full check done (one round trip, which raises and so makes the pool
+    reconnect). A quiet socket costs one poll() instead of one round trip per checkout,
+    which was 23% of a worker thread's time under a backlog (two checkouts per event).
+    """
+    if conn.closed or conn.pgconn.status != psycopg.pq.ConnStatus.OK:
+        raise psycopg.OperationalError("connection is closed")
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
+    if poller.poll(0):
+        ConnectionPool.check_connection(conn)
+
+
 def make_pool(settings: Settings, max_size: int | None = None) -> ConnectionPool[Any]:
     """A connection pool whose connections are checked on checkout, so a PostgreSQL restart
     costs a reconnect, not a failed event."""
@@ -90,7 +108,7 @@ def make_pool(settings: Settings, max_size: int | None = None) -> ConnectionPool
         min_size=1,
         max_size=max_size or settings.worker_pool_size,
         kwargs={"autocommit": True},
-        check=ConnectionPool.check_connection,
+        check=check_connection,
         open=True,
         name="s3outbox-worker",
     )
