@@ -161,22 +161,6 @@ def machine_info(servers: dict[str, str]) -> Json:
 # -- child processes -------------------------------------------------------------------------
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The S3OUTBOX_* environment that reproduces ``settings`` in a child process."""
-    env: dict[str, str] = {}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        if isinstance(value, tuple | list):
-            value = json.dumps(list(value))
-        elif isinstance(value, bool):
-            value = "true" if value else "false"
-        env[f"S3OUTBOX_{name.upper()}"] = str(value)
-    return env
-
-
 class Children:
     """Worker processes started by the bench, each in its own process group, stopped by PID."""
 
@@ -187,7 +171,7 @@ class Children:
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("S3OUTBOX_")}
-        env.update(settings_env(self.settings))
+        env.update(self.settings.to_env())
         env["PYTHONPATH"] = str(ROOT)
         env["PYTHONUNBUFFERED"] = "1"
         env["PROMETHEUS_MULTIPROC_DIR"] = str(self.logdir / f"prom-{uuid.uuid4().hex[:8]}")
