@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     queue_name: str = "s3outbox"
     worker_pool_size: int = Field(8, ge=1)
     worker_idle_poll_seconds: float = Field(0.05, gt=0, le=10)
+    # Messages a worker process holds per thread (Dramatiq's default is 2). Its Redis
+    # consumer sleeps while that buffer is full, so a small one leaves threads idle.
+    worker_prefetch_per_thread: int = Field(8, ge=1, le=1000)
 
     # Observability.
     metrics_host: str = "127.0.0.1"

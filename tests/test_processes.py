@@ -101,9 +101,56 @@ def test_full_lifecycle(
 def test_worker_sigkill_mid_task(
     outbox: Outbox, conn: Conn, settings: Settings, processes: Processes
 ) -> None:
-    """The verify actor is blocked on the document's row lock (held by the test) when its
-    worker is SIGKILLed. A new worker finishes the event: nothing is lost."""
+    """The purge actor has deleted the blob and is blocked on the document's row lock (held
+    by the test) inside its transaction when its worker is SIGKILLed: nothing was committed.
+    The event is sent again and a new worker finishes it: nothing is lost."""
     ticket = upload(outbox, conn, "alice", body_of(2500))
+    doc_id = ticket.document.id
+    processes.start("relay", "worker")
+    wait_procs(
+        processes,
+        lambda: all_in(settings, [doc_id], DocumentStatus.AVAILABLE),
+        timeout=60,
+        what="the document available",
+    )
+    processes.stop("worker")
+    outbox.delete(conn, owner_id="alice", document_id=doc_id)
+    conn.commit()
+    with row_locked(settings, "documents", doc_id) as holder:
+        processes.start("worker")
+        wait_procs(
+            processes,
+            lambda: _blocked(settings),
+            timeout=60,
+            what="the purge actor blocked on the document lock",
+        )
+        processes.kill("worker", signal.SIGKILL)
+        holder.rollback()
+    assert statuses(settings, [doc_id]) == {str(doc_id): DocumentStatus.DELETING}
+    processes.start("worker")
+    wait_procs(
+        processes,
+        lambda: all_in(settings, [doc_id], DocumentStatus.DELETED) and outbox_idle(settings),
+        timeout=60,
+        what="the document deleted after the worker was killed",
+    )
+    # The first purge; a second one waits for the upload URL to expire (invariant 7).
+    purge = min((e for e in all_events(settings) if e["topic"] == "purge"), key=lambda e: e["id"])
+    assert purge["status"] == "done" and purge["failures"] == 0, purge
+    assert purge["attempts"] >= 2, purge  # it was sent again after the kill
+    assert not blob_exists(settings, ticket.document.object_key)
+    assert_quota_consistent(settings, "alice", processes)
+
+
+def test_worker_sigkill_with_its_verify_transaction_sent(
+    outbox: Outbox, conn: Conn, settings: Settings, processes: Processes
+) -> None:
+    """A verify sends its whole transaction in one pipeline (BEGIN .. COMMIT). Killed while
+    that transaction waits on a lock, the worker is gone but the server still holds every
+    statement: the transaction commits as one unit when the lock is released. The document
+    is available exactly once and its quota charged once."""
+    body = body_of(2700)
+    ticket = upload(outbox, conn, "alice", body)
     doc_id = ticket.document.id
     with row_locked(settings, "documents", doc_id) as holder:
         processes.start("relay", "worker")
@@ -115,17 +162,15 @@ def test_worker_sigkill_mid_task(
         )
         processes.kill("worker", signal.SIGKILL)
         holder.rollback()
-    assert statuses(settings, [doc_id]) == {str(doc_id): DocumentStatus.UPLOADED}
-    processes.start("worker")
     wait_procs(
         processes,
         lambda: all_in(settings, [doc_id], DocumentStatus.AVAILABLE) and outbox_idle(settings),
         timeout=60,
-        what="the document available after the worker was killed",
+        what="the killed worker's transaction committed",
     )
     (event,) = all_events(settings)
     assert event["status"] == "done" and event["failures"] == 0, event
-    assert event["attempts"] >= 2, event  # it was sent again after the kill
+    assert quota_row(settings, "alice")["used_bytes"] == len(body)
     assert_quota_consistent(settings, "alice", processes)
 
 

@@ -178,6 +178,110 @@ def test_purge_delivered_twice_deletes_once(
 # -- verify ------------------------------------------------------------------------------
 
 
+# -- the relay's hint: declared fields in the verify message ---------------------------------
+
+
+def relay_hint(relay: Relay, event_id: int) -> dict[str, Any] | None:
+    """The hint the relay put in the event's message, read back from Redis."""
+    from dramatiq import Message
+
+    broker: Any = relay.broker
+    stored = broker.client.hgetall(f"{broker.namespace}:{relay.settings.queue_name}.msgs")
+    for data in stored.values():
+        message = Message.decode(data)
+        if message.args[0] == event_id:
+            hint: dict[str, Any] | None = message.kwargs.get("hint")
+            return hint
+    raise AssertionError(f"no message for event {event_id}")
+
+
+def test_verify_with_the_relays_hint_accepts_once(
+    outbox: Outbox, conn: Conn, settings: Settings, relay: Relay, processor: EventProcessor
+):
+    body = body_of(2500)
+    ticket = upload(outbox, conn, "alice", body)
+    relay.run_once()
+    event_id, attempt = only_dispatched(settings, "verify")
+    hint = relay_hint(relay, event_id)
+    doc = doc_row(settings, ticket.document.id)
+    assert hint == {
+        "document_id": str(doc["id"]),
+        "trace_id": doc["trace_id"],
+        "object_key": doc["object_key"],
+        "declared_size": doc["declared_size"],
+        "sha256": doc["sha256"],
+        "content_type": doc["content_type"],
+    }
+
+    assert processor.process(event_id, attempt, hint=hint) == Outcome.DONE
+    assert processor.process(event_id, attempt, hint=hint) == Outcome.SKIPPED
+    assert processor.process(event_id, attempt) == Outcome.SKIPPED
+    doc = doc_row(settings, ticket.document.id)
+    assert (doc["status"], doc["charged_bytes"]) == (DocumentStatus.AVAILABLE, len(body))
+    assert_quota(settings, "alice", len(body), 0)
+    assert [e["status"] for e in events_of(settings, ticket.document.id)] == ["done"]
+
+
+def test_a_hint_naming_another_document_or_object_cannot_accept(
+    outbox: Outbox, conn: Conn, settings: Settings, relay: Relay, processor: EventProcessor
+):
+    """A wrong hint (stale, or forged into Redis) points the HEAD at a good object: the
+    database still decides, so a bad upload is rejected and the good one is untouched."""
+    good = body_of(1800)
+    good_ticket = upload(outbox, conn, "alice", good)
+    bad_ids = []
+    for _ in range(2):
+        bad = request(outbox, conn, "bob", body_of(1800))
+        s3_client(settings).put_object(
+            Bucket=settings.s3_bucket, Key=bad.document.object_key, Body=body_of(1800)
+        )
+        confirm(outbox, conn, "bob", bad.document.id)
+        bad_ids.append(bad.document.id)
+    relay.run_once()
+    events = {e["document_id"]: e["id"] for e in query_verify_events(settings)}
+    attempts = dict(dispatched_events(settings, "verify"))
+    good_hint = relay_hint(relay, events[good_ticket.document.id])
+    assert good_hint is not None
+    forged = {**good_hint, "document_id": str(bad_ids[1])}
+
+    # The good document's hint with a bad document's event; the good object's fields under
+    # the other bad document's id. Both are handled the general way: rejected.
+    for doc_id, hint in zip(bad_ids, (good_hint, forged), strict=True):
+        event_id = events[doc_id]
+        assert processor.process(event_id, attempts[event_id], hint=hint) == Outcome.DONE
+        assert doc_row(settings, doc_id)["status"] == DocumentStatus.REJECTED
+    assert doc_row(settings, good_ticket.document.id)["status"] == DocumentStatus.UPLOADED
+    assert_quota(settings, "bob", 0, 0)
+    assert_quota(settings, "alice", 0, len(good))
+
+
+@pytest.mark.parametrize(
+    "hint",
+    [{}, {"object_key": None}, {"declared_size": "many", "document_id": "x"}, {"sha256": 1}],
+)
+def test_a_malformed_hint_is_ignored(
+    outbox: Outbox,
+    conn: Conn,
+    settings: Settings,
+    relay: Relay,
+    processor: EventProcessor,
+    hint: dict[str, Any],
+):
+    body = body_of(900)
+    ticket = upload(outbox, conn, "alice", body)
+    relay.run_once()
+    event_id, attempt = only_dispatched(settings, "verify")
+    assert processor.process(event_id, attempt, hint=hint) == Outcome.DONE
+    assert doc_row(settings, ticket.document.id)["status"] == DocumentStatus.AVAILABLE
+    assert_quota(settings, "alice", len(body), 0)
+
+
+def query_verify_events(settings: Settings) -> list[dict[str, Any]]:
+    from tests.helpers_worker import query
+
+    return query(settings, "SELECT id, document_id FROM s3outbox.events WHERE topic = 'verify'")
+
+
 @pytest.mark.parametrize(
     ("size", "reason"),
     [(0, "sha256 mismatch"), (-700, "size mismatch"), (900, "size mismatch")],

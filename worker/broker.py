@@ -1,5 +1,6 @@
 """The Dramatiq broker (Redis) and the actor names per topic. Redis is only a transport:
-the outbox table is the truth, so messages carry nothing but the event id and attempt."""
+the outbox table is the truth, so messages carry the event id and attempt (a verify message
+also a hint: its document's declared fields, which the worker checks against the table)."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ import logging
 import random
 import select
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum, StrEnum
@@ -130,14 +130,24 @@ class EventProcessor:
 
     # -- entry point ---------------------------------------------------------------------
 
-    def process(self, event_id: int, attempt: int, *, now: datetime | None = None) -> Outcome:
-        """Handle one event. ``attempt`` is the dispatch number the message carries.
+    def process(
+        self,
+        event_id: int,
+        attempt: int,
+        *,
+        now: datetime | None = None,
+        hint: Mapping[str, Any] | None = None,
+    ) -> Outcome:
+        """Handle one event. ``attempt`` is the dispatch number the message carries; ``hint``
+        the document's declared fields a verify message carries (see ``_verify_hinted``).
 
         Never raises for a failure of the work itself: the failure is recorded on the event
         (retry with backoff, or dead). Raises only when even that cannot be written (the
         database is down); the event then stays dispatched and is sent again later.
         """
         started = time.monotonic()
+        if hint is not None and self._verify_hinted(event_id, hint, now, started):
+            return Outcome.DONE
         event, doc = self._read_event_and_document(event_id)
         if event is None or event["status"] in (EventStatus.DONE, EventStatus.DEAD):
             return Outcome.SKIPPED
@@ -165,6 +175,54 @@ class EventProcessor:
             )
         return outcome
 
+    def _verify_hinted(
+        self, event_id: int, hint: Mapping[str, Any], now: datetime | None, started: float
+    ) -> bool:
+        """The fast verify: HeadObject first, with the declared fields the relay put in the
+        message, then one round trip that accepts the document only if the database still
+        declares exactly those fields (``accept_verified``). Saves the read before the HEAD.
+
+        True when the document was made available and the event completed. False in every
+        other case (a malformed or stale hint, a mismatch, a missing object, a storage
+        error, a finished event): nothing was changed and the caller handles the event the
+        general way, from what the database says.
+        """
+        try:
+            declared = {
+                "object_key": str(hint["object_key"]),
+                "declared_size": int(hint["declared_size"]),
+                "sha256": str(hint["sha256"]),
+                "content_type": str(hint["content_type"]),
+            }
+            document_id = str(hint["document_id"])
+            trace_id = hint.get("trace_id")
+        except (KeyError, TypeError, ValueError):
+            return False
+        with log_context(trace_id=trace_id, document_id=document_id):
+            try:
+                observation = self._observe(declared)
+                accepted = observation.matches and self._accept_verified(
+                    {"id": event_id, "topic": Topic.VERIFY.value, "document_id": document_id},
+                    declared,
+                    observation,
+                    now,
+                )
+            except Exception as exc:
+                log.debug("event %s: fast verify gave way to the general path: %s", event_id, exc)
+                return False
+            if accepted:
+                metrics.ACTOR_DURATION.labels(Topic.VERIFY.value, Outcome.DONE.value).observe(
+                    time.monotonic() - started
+                )
+                log.info(
+                    "event %s (%s) %s",
+                    event_id,
+                    Topic.VERIFY.value,
+                    Outcome.DONE.value,
+                    extra={"event_id": event_id, "topic": Topic.VERIFY.value},
+                )
+            return accepted
+
     # -- topics --------------------------------------------------------------------------
 
     def _verify(
@@ -174,6 +232,13 @@ class EventProcessor:
         rejected (reservation released, purge queued). A missing object is retried with
         backoff until ``verify_deadline_seconds`` after the confirm."""
         observation = self._observe_if(event, prefetched, DocumentStatus.UPLOADED)
+        if (
+            observation is not None
+            and observation.matches
+            and isinstance(prefetched, dict)
+            and self._accept_verified(event, prefetched, observation, now)
+        ):
+            return Outcome.DONE
         with self._transaction() as cur:
             locked = self._lock(cur, event, now)
             if locked is None:
@@ -358,6 +423,54 @@ class EventProcessor:
         )
         metrics.DOCUMENT_OUTCOMES.labels(DocumentStatus.AVAILABLE.value).inc()
 
+    def _accept_verified(
+        self, event: Row, declared: Row, observation: Observation, now: datetime | None
+    ) -> bool:
+        """The usual verify outcome (object matches, quota takes it) in ONE round trip.
+
+        BEGIN, the three locks (event -> quota -> document, the order of every path), the
+        compare-and-set accept (``accept_verified``: charge, available, event done) and
+        COMMIT go out in one pipeline; the general path costs eight round trips. On a loaded
+        machine every round trip is a wait for the scheduler and the GIL, so this is what
+        limits a worker process. False when the accept did not apply (already handled,
+        deleted, over quota): nothing changed and the caller takes the general path.
+        """
+        assert observation.info is not None
+        ids = {"id": event["id"], "now": now}
+        doc_id = {"id": event["document_id"]}
+        with self.pool.connection() as conn:
+            try:
+                with conn.pipeline() as pipeline:
+                    conn.execute(self._q["begin"])
+                    conn.execute(self._q["lock_event"], ids)
+                    conn.execute(self._q["lock_quota_of_document"], doc_id)
+                    conn.execute(self._q["lock_document"], doc_id)
+                    accepted = conn.execute(
+                        self._q["accept_verified"],
+                        {
+                            "event_id": event["id"],
+                            "document_id": event["document_id"],
+                            "object_key": declared["object_key"],
+                            "declared_size": declared["declared_size"],
+                            "sha256": declared["sha256"],
+                            "content_type": declared["content_type"],
+                            "size": observation.info.size,
+                            "now": now,
+                        },
+                    )
+                    conn.execute(self._q["commit"])
+                    pipeline.sync()
+            except BaseException:
+                # A failed statement leaves the transaction aborted (COMMIT was skipped).
+                with contextlib.suppress(psycopg.Error):
+                    conn.rollback()
+                raise
+            if accepted.fetchone() is None:
+                return False
+        metrics.DOCUMENT_OUTCOMES.labels(DocumentStatus.AVAILABLE.value).inc()
+        metrics.EVENTS_DONE.labels(event["topic"]).inc()
+        return True
+
     def _refuse(
         self,
         cur: Cursor,
@@ -467,20 +580,21 @@ class EventProcessor:
     # -- database helpers ----------------------------------------------------------------
 
     def _read_event_and_document(self, event_id: int) -> tuple[Row | None, Prefetched]:
-        """The event and then its document, read one after the other (no locks) on ONE pooled
-        connection: one checkout and one connection check instead of two. If the document
-        read fails, the handler reads it again itself (inside its error handling)."""
-        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            event: Row | None = cur.execute(self._q["read_event"], {"id": event_id}).fetchone()
-            if event is None or event["status"] in (EventStatus.DONE, EventStatus.DEAD):
-                return event, UNREAD
-            try:
-                doc: Row | None = cur.execute(
-                    self._q["read_document"], {"id": event["document_id"]}
-                ).fetchone()
-            except psycopg.Error:
-                return event, UNREAD
-            return event, doc
+        """The event and its document (no locks), both queries in one pipeline: one round
+        trip and one pool checkout."""
+        with self.pool.connection() as conn:
+            with conn.pipeline():
+                events = conn.cursor(row_factory=dict_row).execute(
+                    self._q["read_event"], {"id": event_id}
+                )
+                docs = conn.cursor(row_factory=dict_row).execute(
+                    self._q["read_document_of_event"], {"id": event_id}
+                )
+            event: Row | None = events.fetchone()
+            doc: Row | None = docs.fetchone()
+        if event is None or event["status"] in (EventStatus.DONE, EventStatus.DEAD):
+            return event, UNREAD
+        return event, doc
 
     def _document(self, event: Row, prefetched: Prefetched) -> Row | None:
         """The event's document as read with the event, or read now."""

@@ -3,20 +3,25 @@
 
 -- name: claim_events
 -- Due pending events -> dispatched. SKIP LOCKED lets several relays claim side by side.
+-- A verify event also returns its document's declared fields (immutable once created): the
+-- message carries them so the worker can look at the object before reading the database.
 UPDATE s3outbox.events e
 SET status = 'dispatched',
     attempts = e.attempts + 1,
     dispatched_at = coalesce(%(now)s::timestamptz, now()),
     updated_at = coalesce(%(now)s::timestamptz, now())
 FROM (
-    SELECT id FROM s3outbox.events
-    WHERE status = 'pending' AND available_at <= coalesce(%(now)s::timestamptz, now())
-    ORDER BY available_at, id
+    SELECT ev.id, d.object_key, d.declared_size, d.sha256, d.content_type
+    FROM s3outbox.events ev
+    LEFT JOIN s3outbox.documents d ON d.id = ev.document_id AND ev.topic = 'verify'
+    WHERE ev.status = 'pending' AND ev.available_at <= coalesce(%(now)s::timestamptz, now())
+    ORDER BY ev.available_at, ev.id
     LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF ev SKIP LOCKED
 ) due
 WHERE e.id = due.id
-RETURNING e.id, e.topic, e.document_id, e.attempts, e.trace_id;
+RETURNING e.id, e.topic, e.document_id, e.attempts, e.trace_id,
+          due.object_key, due.declared_size, due.sha256, due.content_type;
 
 -- name: next_due_in
 -- Seconds until the next pending event is due (NULL when none): how long a relay may sleep.
@@ -106,6 +111,16 @@ RETURNING id;
 -- name: read_document
 SELECT d.* FROM s3outbox.documents d WHERE d.id = %(id)s;
 
+-- name: read_document_of_event
+SELECT d.* FROM s3outbox.documents d
+WHERE d.id = (SELECT e.document_id FROM s3outbox.events e WHERE e.id = %(id)s);
+
+-- name: begin
+BEGIN;
+
+-- name: commit
+COMMIT;
+
 -- name: lock_quota_of_document
 -- A document's owner never changes, so reading it unlocked to find the quota row is safe.
 SELECT q.owner_id FROM s3outbox.quotas q
@@ -146,6 +161,56 @@ SET status = 'available',
     updated_at = coalesce(%(now)s::timestamptz, now())
 WHERE id = %(id)s AND status = %(expected)s
 RETURNING id;
+
+-- name: accept_verified
+-- The usual end of a verify in one statement: the object matched what the document declares
+-- (compared again here: the declared fields may come from the message), the document is
+-- still `uploaded`, its verify event unfinished and the quota takes it -> quota charged
+-- (reservation -> used), document available, event done. Runs after lock_event,
+-- lock_quota_of_document and lock_document in the same transaction, so it reads rows nobody
+-- else can change. No row back: nothing changed (the handler then takes its general path).
+WITH doc AS (
+    SELECT d.id, d.owner_id, d.reserved_bytes
+    FROM s3outbox.documents d
+    WHERE d.id = %(document_id)s
+      AND d.status = 'uploaded'
+      AND d.object_key = %(object_key)s
+      AND d.declared_size = %(declared_size)s
+      AND d.sha256 = %(sha256)s
+      AND d.content_type = %(content_type)s
+      AND EXISTS (SELECT 1 FROM s3outbox.events e
+                  WHERE e.id = %(event_id)s AND e.document_id = d.id AND e.topic = 'verify'
+                    AND e.status IN ('pending', 'dispatched'))
+), charged AS (
+    UPDATE s3outbox.quotas q
+    SET used_bytes = q.used_bytes + %(size)s,
+        reserved_bytes = q.reserved_bytes - doc.reserved_bytes,
+        updated_at = coalesce(%(now)s::timestamptz, now())
+    FROM doc
+    WHERE q.owner_id = doc.owner_id
+      AND q.reserved_bytes >= doc.reserved_bytes
+      AND q.used_bytes + %(size)s + q.reserved_bytes - doc.reserved_bytes <= q.limit_bytes
+    RETURNING doc.id
+), available AS (
+    UPDATE s3outbox.documents d
+    SET status = 'available',
+        verified_size = %(size)s,
+        charged_bytes = %(size)s,
+        reserved_bytes = 0,
+        reason = NULL,
+        verified_at = coalesce(%(now)s::timestamptz, now()),
+        updated_at = coalesce(%(now)s::timestamptz, now())
+    FROM charged
+    WHERE d.id = charged.id
+    RETURNING d.id
+)
+UPDATE s3outbox.events e
+SET status = 'done',
+    finished_at = coalesce(%(now)s::timestamptz, now()),
+    updated_at = coalesce(%(now)s::timestamptz, now())
+FROM available
+WHERE e.id = %(event_id)s
+RETURNING e.id;
 
 -- name: mark_refused
 -- uploaded -> rejected, or pending -> expired: reservation released, blob to be purged.

@@ -58,12 +58,7 @@ class Relay:
                 self._q["claim_events"], {"limit": self.settings.relay_batch_size, "now": now}
             ).fetchall()
             if rows:
-                self._send(
-                    [
-                        self._message(event_id, Topic(topic), attempts)
-                        for event_id, topic, _document_id, attempts, _trace in rows
-                    ]
-                )
+                self._send([self._message(row) for row in rows])
         for _id, topic, *_ in rows:
             metrics.EVENTS_DISPATCHED.labels(topic).inc()
         metrics.RELAY_BATCHES.inc()
@@ -79,14 +74,29 @@ class Relay:
         self._last_rescue = time.monotonic()
         return rescue_stale(self._connection(), self.settings, now)
 
-    def _message(self, event_id: int, topic: Topic, attempt: int) -> Message[Any]:
+    def _message(self, row: tuple[Any, ...]) -> Message[Any]:
+        """The message of one claimed event: (event id, attempt), and for a verify the
+        document's declared fields as a hint (the worker checks them against the database
+        before it changes anything, so a stale or wrong hint costs time, never correctness).
+        """
+        event_id, topic, document_id, attempt, trace_id, key, size, sha256, ctype = row
+        kwargs: dict[str, Any] = {}
+        if topic == Topic.VERIFY and key is not None:
+            kwargs["hint"] = {
+                "document_id": str(document_id),
+                "trace_id": trace_id,
+                "object_key": key,
+                "declared_size": size,
+                "sha256": sha256,
+                "content_type": ctype,
+            }
         # redis_message_id: what RedisBroker.enqueue adds (a unique id per send, as one
         # event may be sent several times).
         return Message(
             queue_name=self.settings.queue_name,
-            actor_name=ACTOR_NAMES[topic],
+            actor_name=ACTOR_NAMES[Topic(topic)],
             args=(event_id, attempt),
-            kwargs={},
+            kwargs=kwargs,
             options={"redis_message_id": str(uuid4())},
         )
 
