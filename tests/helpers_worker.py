@@ -185,6 +185,8 @@ def lock_waiters(settings: Settings, pattern: str) -> int:
 
 LOCK_EVENT_SQL = "%FROM s3outbox.events e WHERE e.id%FOR UPDATE%"
 LOCK_DOCUMENT_SQL = "%SELECT d.* FROM s3outbox.documents d WHERE d.id%FOR UPDATE%"
+# The verify fast path: one call that takes the same locks inside s3outbox.accept_verified.
+ACCEPT_VERIFIED_SQL = "%s3outbox.accept_verified(%"
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ import pytest
 from outbox import DocumentStatus, Outbox, Settings
 from tests.conftest import Processes
 from tests.helpers_worker import (
+    ACCEPT_VERIFIED_SQL,
     LOCK_DOCUMENT_SQL,
     NamedProcesses,
     all_events,
@@ -145,10 +146,10 @@ def test_worker_sigkill_mid_task(
 def test_worker_sigkill_with_its_verify_transaction_sent(
     outbox: Outbox, conn: Conn, settings: Settings, processes: Processes
 ) -> None:
-    """A verify sends its whole transaction in one pipeline (BEGIN .. COMMIT). Killed while
-    that transaction waits on a lock, the worker is gone but the server still holds every
-    statement: the transaction commits as one unit when the lock is released. The document
-    is available exactly once and its quota charged once."""
+    """A matching verify ends in one statement (s3outbox.accept_verified), its own
+    transaction. Killed while that statement waits on a lock, the worker is gone but the
+    server has the whole statement: it commits as one unit when the lock is released. The
+    document is available exactly once and its quota charged once."""
     body = body_of(2700)
     ticket = upload(outbox, conn, "alice", body)
     doc_id = ticket.document.id
@@ -177,7 +178,8 @@ def test_worker_sigkill_with_its_verify_transaction_sent(
 def _blocked(settings: Settings) -> bool:
     from tests.helpers_worker import lock_waiters
 
-    return lock_waiters(settings, LOCK_DOCUMENT_SQL) >= 1
+    waiting = lock_waiters(settings, LOCK_DOCUMENT_SQL)
+    return waiting + lock_waiters(settings, ACCEPT_VERIFIED_SQL) >= 1
 
 
 def _dispatched_all(settings: Settings, topic: str, n: int) -> bool:

@@ -18,6 +18,7 @@ import pytest
 from outbox import DocumentStatus, Outbox, Settings
 from tests.conftest import ROOT, InlineWorker, dispatched_events, put, settings_env
 from tests.helpers_worker import (
+    ACCEPT_VERIFIED_SQL,
     LOCK_EVENT_SQL,
     Background,
     after,
@@ -137,7 +138,7 @@ def test_concurrent_duplicate_acceptance_charges_once(
     event_id, attempt = only_dispatched(settings, "verify")
     with row_locked(settings, "events", event_id) as holder:
         runs = [Background(lambda: processor.process(event_id, attempt)) for _ in range(3)]
-        wait_blocked(settings, LOCK_EVENT_SQL, count=3)
+        wait_blocked(settings, ACCEPT_VERIFIED_SQL, count=3)
         holder.rollback()
         outcomes = [r.join() for r in runs]
     assert sorted(outcomes) == sorted([Outcome.DONE, Outcome.SKIPPED, Outcome.SKIPPED])
@@ -454,7 +455,8 @@ def test_delete_while_verify_in_flight(
 
     with row_locked(settings, "events", event_id) as holder:
         run = Background(lambda: processor.process(event_id, attempt))
-        wait_blocked(settings, LOCK_EVENT_SQL)  # HEAD done, waiting for the event lock
+        # HEAD done (the object matches), waiting for the event lock
+        wait_blocked(settings, ACCEPT_VERIFIED_SQL)
         outbox.delete(conn, owner_id="alice", document_id=ticket.document.id)
         conn.commit()
         holder.rollback()

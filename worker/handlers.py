@@ -428,45 +428,31 @@ class EventProcessor:
     ) -> bool:
         """The usual verify outcome (object matches, quota takes it) in ONE round trip.
 
-        BEGIN, the three locks (event -> quota -> document, the order of every path), the
-        compare-and-set accept (``accept_verified``: charge, available, event done) and
-        COMMIT go out in one pipeline; the general path costs eight round trips. On a loaded
-        machine every round trip is a wait for the scheduler and the GIL, so this is what
-        limits a worker process. False when the accept did not apply (already handled,
-        deleted, over quota): nothing changed and the caller takes the general path.
+        One statement in its own transaction (``s3outbox.accept_verified``): the locks in
+        the order of every path (event, quota, document), the compare-and-set against
+        ``declared``, the charge, ``available`` and the event done. The general path costs
+        eight round trips; on a loaded machine each one is a wait for the scheduler and the
+        GIL, which is what limits a worker process. False when the accept did not apply
+        (already handled, deleted, another object, over quota): nothing changed and the
+        caller takes the general path.
         """
         assert observation.info is not None
-        ids = {"id": event["id"], "now": now}
-        doc_id = {"id": event["document_id"]}
         with self.pool.connection() as conn:
-            try:
-                with conn.pipeline() as pipeline:
-                    conn.execute(self._q["begin"])
-                    conn.execute(self._q["lock_event"], ids)
-                    conn.execute(self._q["lock_quota_of_document"], doc_id)
-                    conn.execute(self._q["lock_document"], doc_id)
-                    accepted = conn.execute(
-                        self._q["accept_verified"],
-                        {
-                            "event_id": event["id"],
-                            "document_id": event["document_id"],
-                            "object_key": declared["object_key"],
-                            "declared_size": declared["declared_size"],
-                            "sha256": declared["sha256"],
-                            "content_type": declared["content_type"],
-                            "size": observation.info.size,
-                            "now": now,
-                        },
-                    )
-                    conn.execute(self._q["commit"])
-                    pipeline.sync()
-            except BaseException:
-                # A failed statement leaves the transaction aborted (COMMIT was skipped).
-                with contextlib.suppress(psycopg.Error):
-                    conn.rollback()
-                raise
-            if accepted.fetchone() is None:
-                return False
+            row = conn.execute(
+                self._q["accept_verified"],
+                {
+                    "event_id": event["id"],
+                    "document_id": event["document_id"],
+                    "object_key": declared["object_key"],
+                    "declared_size": declared["declared_size"],
+                    "sha256": declared["sha256"],
+                    "content_type": declared["content_type"],
+                    "size": observation.info.size,
+                    "now": now,
+                },
+            ).fetchone()
+        if row is None or row[0] is None:
+            return False
         metrics.DOCUMENT_OUTCOMES.labels(DocumentStatus.AVAILABLE.value).inc()
         metrics.EVENTS_DONE.labels(event["topic"]).inc()
         return True

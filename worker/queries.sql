@@ -115,12 +115,6 @@ SELECT d.* FROM s3outbox.documents d WHERE d.id = %(id)s;
 SELECT d.* FROM s3outbox.documents d
 WHERE d.id = (SELECT e.document_id FROM s3outbox.events e WHERE e.id = %(id)s);
 
--- name: begin
-BEGIN;
-
--- name: commit
-COMMIT;
-
 -- name: lock_quota_of_document
 -- A document's owner never changes, so reading it unlocked to find the quota row is safe.
 SELECT q.owner_id FROM s3outbox.quotas q
@@ -163,54 +157,11 @@ WHERE id = %(id)s AND status = %(expected)s
 RETURNING id;
 
 -- name: accept_verified
--- The usual end of a verify in one statement: the object matched what the document declares
--- (compared again here: the declared fields may come from the message), the document is
--- still `uploaded`, its verify event unfinished and the quota takes it -> quota charged
--- (reservation -> used), document available, event done. Runs after lock_event,
--- lock_quota_of_document and lock_document in the same transaction, so it reads rows nobody
--- else can change. No row back: nothing changed (the handler then takes its general path).
-WITH doc AS (
-    SELECT d.id, d.owner_id, d.reserved_bytes
-    FROM s3outbox.documents d
-    WHERE d.id = %(document_id)s
-      AND d.status = 'uploaded'
-      AND d.object_key = %(object_key)s
-      AND d.declared_size = %(declared_size)s
-      AND d.sha256 = %(sha256)s
-      AND d.content_type = %(content_type)s
-      AND EXISTS (SELECT 1 FROM s3outbox.events e
-                  WHERE e.id = %(event_id)s AND e.document_id = d.id AND e.topic = 'verify'
-                    AND e.status IN ('pending', 'dispatched'))
-), charged AS (
-    UPDATE s3outbox.quotas q
-    SET used_bytes = q.used_bytes + %(size)s,
-        reserved_bytes = q.reserved_bytes - doc.reserved_bytes,
-        updated_at = coalesce(%(now)s::timestamptz, now())
-    FROM doc
-    WHERE q.owner_id = doc.owner_id
-      AND q.reserved_bytes >= doc.reserved_bytes
-      AND q.used_bytes + %(size)s + q.reserved_bytes - doc.reserved_bytes <= q.limit_bytes
-    RETURNING doc.id
-), available AS (
-    UPDATE s3outbox.documents d
-    SET status = 'available',
-        verified_size = %(size)s,
-        charged_bytes = %(size)s,
-        reserved_bytes = 0,
-        reason = NULL,
-        verified_at = coalesce(%(now)s::timestamptz, now()),
-        updated_at = coalesce(%(now)s::timestamptz, now())
-    FROM charged
-    WHERE d.id = charged.id
-    RETURNING d.id
-)
-UPDATE s3outbox.events e
-SET status = 'done',
-    finished_at = coalesce(%(now)s::timestamptz, now()),
-    updated_at = coalesce(%(now)s::timestamptz, now())
-FROM available
-WHERE e.id = %(event_id)s
-RETURNING e.id;
+-- One statement, its own transaction (autocommit): see s3outbox.accept_verified in schema.sql.
+SELECT s3outbox.accept_verified(
+    %(event_id)s, %(document_id)s, %(object_key)s, %(declared_size)s, %(sha256)s,
+    %(content_type)s, %(size)s, %(now)s::timestamptz
+) AS event_id;
 
 -- name: mark_refused
 -- uploaded -> rejected, or pending -> expired: reservation released, blob to be purged.
