@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     purge_grace_seconds: float = Field(5.0, ge=0)
     relay_batch_size: int = Field(200, ge=1, le=10_000)
     relay_poll_seconds: float = Field(1.0, gt=0)
+    # Most verify events one message may carry when the relay dispatches a backlog: a
+    # message costs a worker more CPU than a verify's own database work. 1: one per event.
+    relay_events_per_message: int = Field(8, ge=1, le=64)
     sweeper_interval_seconds: float = Field(30.0, gt=0)
     sweeper_batch_size: int = Field(500, ge=1)
     done_retention_seconds: float = Field(7 * 24 * 3600.0, ge=0)

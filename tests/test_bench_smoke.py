@@ -50,6 +50,7 @@ def test_bench_quick_writes_every_figure(tmp_path: Path) -> None:
         "dramatiq_noop_per_s",
     ):
         assert _has_summary(lim[name]), name
+    assert lim["head_object_cpu_ms_per_call"] > 0
 
     e2e = r["end_to_end"]
     assert {(t["documents"], t["processes"]) for t in e2e["throughput"]} == {
@@ -58,7 +59,8 @@ def test_bench_quick_writes_every_figure(tmp_path: Path) -> None:
     for t in e2e["throughput"]:
         assert _has_summary(t["docs_per_s"])
         assert {"p50_ms", "p95_ms", "p99_ms"} <= set(t["saturation_latency"])
-        assert {"postgres", "valkey", "seaweedfs", "s3-outbox"} <= set(t["cpu_cores_busy"])
+        busy = set(t["cpu_cores_busy"])
+        assert {"postgres", "valkey", "seaweedfs", "s3-outbox", "machine"} <= busy
     assert {x["processes"] for x in e2e["latency"]} == set(r["config"]["processes"])
     for x in e2e["latency"]:
         assert {"p50_ms", "p95_ms", "p99_ms"} <= set(x["steady"])
@@ -81,6 +83,10 @@ def test_bench_quick_writes_every_figure(tmp_path: Path) -> None:
     assert {x["peer"] for x in peers["latency"]} == {"pgqueuer", "procrastinate", "dramatiq"}
     for t in peers["throughput"]:
         assert _has_summary(t["docs_per_s"])
+        assert {t["peer"], "machine"} <= set(t["cpu_cores_busy"])
+    scaling = r["targets"]["two_vs_one_process"]
+    assert {"machine_cores_busy_2p", "machine_cpus", "saturated"} <= set(scaling)
+    assert "ms CPU per doc in s3-outbox" in proc.stdout
     assert set(r["targets"]) == {
         "e2e_vs_head8",
         "vs_peers",

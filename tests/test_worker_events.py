@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from outbox import DocumentStatus, Outbox, Settings
+from outbox.constants import Topic
 from tests.conftest import ROOT, InlineWorker, dispatched_events, put, settings_env
 from tests.helpers_worker import (
     ACCEPT_VERIFIED_SQL,
@@ -275,6 +276,99 @@ def test_a_malformed_hint_is_ignored(
     assert processor.process(event_id, attempt, hint=hint) == Outcome.DONE
     assert doc_row(settings, ticket.document.id)["status"] == DocumentStatus.AVAILABLE
     assert_quota(settings, "alice", len(body), 0)
+
+
+def sent_messages(relay: Relay) -> list[Any]:
+    """Every message the relay has put on the test's queue, decoded."""
+    from dramatiq import Message
+
+    broker: Any = relay.broker
+    stored = broker.client.hgetall(f"{broker.namespace}:{relay.settings.queue_name}.msgs")
+    return [Message.decode(data) for data in stored.values()]
+
+
+def test_a_backlog_is_packed_and_every_event_is_handled_once(
+    outbox: Outbox, conn: Conn, settings: Settings, relay: Relay, processor: EventProcessor
+):
+    """70 verify events claimed at once -> 35 messages of 2 (at least SPREAD_MESSAGES
+    messages); handled, every document is available once and each event done once."""
+    from worker.broker import VERIFY_MANY_ACTOR
+    from worker.relay import SPREAD_MESSAGES
+
+    bodies = [body_of(700 + i) for i in range(70)]
+    tickets = [upload(outbox, conn, f"owner-{i % 7}", b) for i, b in enumerate(bodies)]
+    assert relay.run_once() == 70
+    messages = sent_messages(relay)
+    assert {m.actor_name for m in messages} == {VERIFY_MANY_ACTOR}
+    assert len(messages) == 35 >= SPREAD_MESSAGES
+    items = [item for m in messages for item in m.args[0]]
+    dispatched = dict(dispatched_events(settings, "verify"))
+    assert sorted((i[0], i[1]) for i in items) == sorted(dispatched.items())
+    assert all(i[2]["object_key"] for i in items)
+
+    for m in messages:
+        assert processor.process_many(m.args[0]) == [Outcome.DONE] * len(m.args[0])
+    for m in messages[:3]:  # delivered again: nothing changes
+        assert processor.process_many(m.args[0]) == [Outcome.SKIPPED] * len(m.args[0])
+    for i, t in enumerate(tickets):
+        doc = doc_row(settings, t.document.id)
+        assert doc["status"] == DocumentStatus.AVAILABLE, doc
+        assert doc["charged_bytes"] == len(bodies[i])
+    for owner in {f"owner-{i % 7}" for i in range(70)}:
+        q = quota_row(settings, owner)
+        assert q["used_bytes"] == charged_sum(settings, owner) and q["reserved_bytes"] == 0
+
+
+def test_packing_follows_the_backlog_and_never_takes_a_rescued_event(
+    outbox: Outbox, conn: Conn, settings: Settings, relay: Relay, processor: EventProcessor
+):
+    """Small batches go one message per event until SPREAD_MESSAGES messages wait in Redis
+    (the workers are behind); then even small batches are packed. A rescued event always
+    gets a message of its own."""
+    from worker.broker import ACTOR_NAMES, VERIFY_MANY_ACTOR
+    from worker.relay import Relay as RelayClass
+
+    tickets = [upload(outbox, conn, "alice", body_of(900 + i)) for i in range(70)]
+    small = RelayClass(settings.model_copy(update={"relay_batch_size": 10}), relay.broker)
+    try:
+        while small.run_once():
+            pass
+    finally:
+        small.close()
+    messages = sent_messages(relay)
+    singles = [m for m in messages if m.actor_name == ACTOR_NAMES[Topic.VERIFY]]
+    packed = [m for m in messages if m.actor_name == VERIFY_MANY_ACTOR]
+    # Rounds of 10 with 0, 10, 20, 30 messages waiting: singles; then 40, 42, 44 waiting:
+    # each round of 10 packed as 8 + 2.
+    assert len(singles) == 40
+    assert sorted(len(m.args[0]) for m in packed) == [2, 2, 2, 8, 8, 8]
+
+    # Every message lost (never handled); the 70 events are rescued and sent again while
+    # the queue still looks long: one message each all the same.
+    relay.broker.client.delete(f"{relay.broker.namespace}:{settings.queue_name}.msgs")
+    later = after(db_now(settings), settings.redispatch_after_seconds + 5)
+    assert relay.rescue(now=later) == 70
+    relay.run_once(now=later)
+    resent = sent_messages(relay)
+    assert len(resent) == 70
+    assert {m.actor_name for m in resent} == {ACTOR_NAMES[Topic.VERIFY]}
+    for m in resent:
+        assert processor.process(*m.args, now=later, **m.kwargs) == Outcome.DONE
+    assert all(
+        doc_row(settings, t.document.id)["status"] == DocumentStatus.AVAILABLE for t in tickets
+    )
+
+
+def test_a_malformed_item_of_a_packed_message_is_skipped(
+    outbox: Outbox, conn: Conn, settings: Settings, relay: Relay, processor: EventProcessor
+):
+    body = body_of(1000)
+    ticket = upload(outbox, conn, "alice", body)
+    relay.run_once()
+    event_id, attempt = only_dispatched(settings, "verify")
+    items: list[Any] = [["x", 1, None], [1], "abc", None, [event_id, attempt, "not a hint"]]
+    assert processor.process_many(items) == [Outcome.DONE]
+    assert doc_row(settings, ticket.document.id)["status"] == DocumentStatus.AVAILABLE
 
 
 def query_verify_events(settings: Settings) -> list[dict[str, Any]]:

@@ -32,7 +32,7 @@ from outbox.constants import Topic  # noqa: E402
 from outbox.logs import configure as configure_logging  # noqa: E402
 from outbox.settings import Settings  # noqa: E402
 from worker import metrics  # noqa: E402
-from worker.broker import ACTOR_NAMES, make_broker  # noqa: E402
+from worker.broker import ACTOR_NAMES, VERIFY_MANY_ACTOR, make_broker  # noqa: E402
 from worker.handlers import EventProcessor, make_pool  # noqa: E402
 from worker.storage import Storage  # noqa: E402
 
@@ -102,6 +102,13 @@ def verify(event_id: int, attempt: int, hint: dict[str, Any] | None = None) -> N
     """Check an uploaded object (HeadObject) and make its document available or rejected.
     ``hint``: the document's declared fields, as the relay read them (checked again)."""
     processor().process(event_id, attempt, hint=hint)
+
+
+@dramatiq.actor(actor_name=VERIFY_MANY_ACTOR, **_ACTOR_OPTIONS)
+def verify_many(events: list[list[Any]]) -> None:
+    """Several verify events of a backlog, ``[event_id, attempt, hint]`` each, handled one
+    after the other, each in its own transaction."""
+    processor().process_many(events)
 
 
 @dramatiq.actor(actor_name=ACTOR_NAMES[Topic.EXPIRE], **_ACTOR_OPTIONS)

@@ -17,6 +17,8 @@ from outbox.constants import Topic
 from outbox.settings import Settings
 
 ACTOR_NAMES: dict[Topic, str] = {topic: f"s3outbox_{topic.value}" for topic in Topic}
+#: The actor of a message that carries several verify events (a backlog, packed by the relay).
+VERIFY_MANY_ACTOR = "s3outbox_verify_many"
 
 
 def make_broker(settings: Settings) -> RedisBroker:

@@ -175,6 +175,25 @@ class EventProcessor:
             )
         return outcome
 
+    def process_many(self, items: list[list[Any]], *, now: datetime | None = None) -> list[Outcome]:
+        """Handle the events of a packed message, ``[event_id, attempt, hint]`` each, one by
+        one (each in its own transaction, as if each had its own message). A malformed item
+        is skipped with a warning: its event stays dispatched and is sent again later."""
+        outcomes: list[Outcome] = []
+        for item in items:
+            try:
+                event_id, attempt, hint = item
+                event_id, attempt = int(event_id), int(attempt)
+            except (TypeError, ValueError):
+                log.warning("skipping a malformed item of a packed message: %r", item)
+                continue
+            outcomes.append(
+                self.process(
+                    event_id, attempt, now=now, hint=hint if isinstance(hint, dict) else None
+                )
+            )
+        return outcomes
+
     def _verify_hinted(
         self, event_id: int, hint: Mapping[str, Any], now: datetime | None, started: float
     ) -> bool:

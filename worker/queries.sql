@@ -21,7 +21,7 @@ FROM (
 ) due
 WHERE e.id = due.id
 RETURNING e.id, e.topic, e.document_id, e.attempts, e.trace_id,
-          due.object_key, due.declared_size, due.sha256, due.content_type;
+          due.object_key, due.declared_size, due.sha256, due.content_type, e.rescues;
 
 -- name: next_due_in
 -- Seconds until the next pending event is due (NULL when none): how long a relay may sleep.

@@ -27,9 +27,13 @@ from outbox import queries
 from outbox.constants import NOTIFY_CHANNEL, EventStatus, Topic
 from outbox.settings import Settings
 from worker import metrics
-from worker.broker import ACTOR_NAMES, make_broker
+from worker.broker import ACTOR_NAMES, VERIFY_MANY_ACTOR, make_broker
 
 log = logging.getLogger("s3outbox.relay")
+
+# A packed batch still spreads over this many messages, so every thread of a few worker
+# processes has work: packing only thins out a real backlog.
+SPREAD_MESSAGES = 32
 
 
 class Relay:
@@ -58,7 +62,7 @@ class Relay:
                 self._q["claim_events"], {"limit": self.settings.relay_batch_size, "now": now}
             ).fetchall()
             if rows:
-                self._send([self._message(row) for row in rows])
+                self._send(self._messages(rows))
         for _id, topic, *_ in rows:
             metrics.EVENTS_DISPATCHED.labels(topic).inc()
         metrics.RELAY_BATCHES.inc()
@@ -74,28 +78,60 @@ class Relay:
         self._last_rescue = time.monotonic()
         return rescue_stale(self._connection(), self.settings, now)
 
+    def _messages(self, rows: list[tuple[Any, ...]]) -> list[Message[Any]]:
+        """The messages of one claimed batch.
+
+        One message per event, except in a backlog: verify events with a hint that were never
+        rescued are then packed, up to ``relay_events_per_message`` per message. A backlog is
+        a batch big enough to still make ``SPREAD_MESSAGES`` messages, or any batch while the
+        workers are behind (that many messages already wait in Redis). A message costs a
+        worker more CPU than the verify itself (Dramatiq's fetch, decode, middleware and
+        ack); the events of a packed message are still handled one by one, each in its own
+        transaction. A rescued event (its message was lost, or its worker died) always
+        travels alone, so an event that kills its worker cannot use up its neighbours'
+        rescues.
+        """
+        most = self.settings.relay_events_per_message
+        packable = [r for r in rows if r[1] == Topic.VERIFY and r[5] is not None and not r[9]]
+        per_message = 1
+        if most > 1 and len(packable) > 1:
+            per_message = min(most, max(1, len(packable) // SPREAD_MESSAGES))
+            if per_message < most and self._waiting_messages() >= SPREAD_MESSAGES:
+                per_message = most
+        if per_message == 1:
+            return [self._message(row) for row in rows]
+        packed = {id(r) for r in packable}
+        messages = [self._message(row) for row in rows if id(row) not in packed]
+        for start in range(0, len(packable), per_message):
+            items = [[row[0], row[3], _hint(row)] for row in packable[start : start + per_message]]
+            messages.append(self._new_message(VERIFY_MANY_ACTOR, (items,), {}))
+        return messages
+
+    def _waiting_messages(self) -> int:
+        """Messages waiting in Redis for a worker (not yet fetched): how far behind they are."""
+        broker: Any = self.broker
+        return int(broker.client.llen(f"{broker.namespace}:{self.settings.queue_name}"))
+
     def _message(self, row: tuple[Any, ...]) -> Message[Any]:
         """The message of one claimed event: (event id, attempt), and for a verify the
         document's declared fields as a hint (the worker checks them against the database
         before it changes anything, so a stale or wrong hint costs time, never correctness).
         """
-        event_id, topic, document_id, attempt, trace_id, key, size, sha256, ctype = row
+        event_id, topic, _document_id, attempt, *_ = row
         kwargs: dict[str, Any] = {}
-        if topic == Topic.VERIFY and key is not None:
-            kwargs["hint"] = {
-                "document_id": str(document_id),
-                "trace_id": trace_id,
-                "object_key": key,
-                "declared_size": size,
-                "sha256": sha256,
-                "content_type": ctype,
-            }
+        if topic == Topic.VERIFY and row[5] is not None:
+            kwargs["hint"] = _hint(row)
+        return self._new_message(ACTOR_NAMES[Topic(topic)], (event_id, attempt), kwargs)
+
+    def _new_message(
+        self, actor_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Message[Any]:
         # redis_message_id: what RedisBroker.enqueue adds (a unique id per send, as one
         # event may be sent several times).
         return Message(
             queue_name=self.settings.queue_name,
-            actor_name=ACTOR_NAMES[Topic(topic)],
-            args=(event_id, attempt),
+            actor_name=actor_name,
+            args=args,
             kwargs=kwargs,
             options={"redis_message_id": str(uuid4())},
         )
@@ -177,6 +213,19 @@ class Relay:
             if conn is not None and not conn.closed:
                 conn.close()
         self._conn = self._listen = None
+
+
+def _hint(row: tuple[Any, ...]) -> dict[str, Any]:
+    """A claimed verify event's document fields, as its message carries them."""
+    _id, _topic, document_id, _attempt, trace_id, key, size, sha256, ctype, _rescues = row
+    return {
+        "document_id": str(document_id),
+        "trace_id": trace_id,
+        "object_key": key,
+        "declared_size": size,
+        "sha256": sha256,
+        "content_type": ctype,
+    }
 
 
 def rescue_stale(
