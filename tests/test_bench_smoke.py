@@ -81,8 +81,11 @@ def test_bench_quick_writes_every_figure(tmp_path: Path) -> None:
     peers = r["peers"]
     assert {t["peer"] for t in peers["throughput"]} == {"pgqueuer", "procrastinate", "dramatiq"}
     assert {x["peer"] for x in peers["latency"]} == {"pgqueuer", "procrastinate", "dramatiq"}
-    for t in peers["throughput"]:
+    assert {t["processes"] for t in peers["ours"]} == set(r["config"]["processes"])
+    for t in [*peers["throughput"], *peers["ours"]]:
         assert _has_summary(t["docs_per_s"])
+        assert len(t["docs_per_s"]["rounds"]) == r["config"]["rounds"]
+    for t in peers["throughput"]:
         assert {t["peer"], "machine"} <= set(t["cpu_cores_busy"])
     scaling = r["targets"]["two_vs_one_process"]
     assert {"machine_cores_busy_2p", "machine_cpus", "saturated"} <= set(scaling)

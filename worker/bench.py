@@ -826,73 +826,115 @@ class Bench:
 
         return send_proc, close_proc
 
+    PEERS = ("pgqueuer", "procrastinate", "dramatiq")
+
     def peers(self) -> Json:
-        """The same verify job on pgqueuer, procrastinate and plain Dramatiq."""
+        """The same verify job on pgqueuer, procrastinate and plain Dramatiq, beside s3-outbox.
+
+        Interleaved: each round runs every system once (s3-outbox included, on the same
+        document count), in an order that rotates from round to round, so that a slow phase of
+        a shared machine hits every system alike instead of whichever ran then. Each round
+        starts the system's processes, warms them up, times one backlog, and stops them.
+        """
         cfg = self.config
         objs = self.peer_objects(max(cfg.peer_size, int(cfg.steady_rate * cfg.steady_seconds)))
-        out: Json = {"throughput": [], "latency": []}
-        for peer in ("pgqueuer", "procrastinate", "dramatiq"):
-            for procs in cfg.processes:
-                _say(f"peer {peer} with {procs} process(es) x {cfg.threads}")
-                children = self.start_peer(peer, procs)
-                send, close = self.peer_sender(peer)
-                try:
-                    # Warm-up
-                    ids = self.peer_rows(objs[:20])
-                    send(ids)
-                    self.wait_finished("s3bench.docs", 20, 120, children)
-                    rates: list[float] = []
-                    lats: list[list[float]] = []
-                    cpus: list[Json] = []
-                    for _ in range(cfg.rounds):
-                        ids = self.peer_rows(objs[: cfg.peer_size])
-                        meter = CpuMeter(
-                            {**{k: [v] for k, v in self.server_pids.items()}, peer: children.pids()}
-                        )
-                        meter.start()
-                        for start in range(0, len(ids), CONFIRM_CHUNK):
-                            send(ids[start : start + CONFIRM_CHUNK])
-                        self.wait_finished("s3bench.docs", len(ids), 60 + len(ids) / 5, children)
-                        cpus.append(meter.stop())
-                        rate, lat, bad = self.timings("s3bench.docs")
-                        if bad:
-                            raise RuntimeError(f"{peer}: {bad} documents not available")
-                        rates.append(rate)
-                        lats.append(lat)
-                    out["throughput"].append(
-                        {
-                            "peer": peer,
-                            "documents": cfg.peer_size,
-                            "processes": procs,
-                            "threads": cfg.threads,
-                            "docs_per_s": summary(rates),
-                            "saturation_latency": latency_summary(lats),
-                            "cpu_cores_busy": {
-                                k: statistics.median(c[k] for c in cpus) for k in cpus[0]
-                            },
-                        }
+        systems = ("s3-outbox", *self.PEERS)
+        runs: dict[tuple[str, int], list[tuple[float, list[float], Json]]] = {}
+        for procs in cfg.processes:
+            for r in range(cfg.rounds):
+                order = systems[r % len(systems) :] + systems[: r % len(systems)]
+                _say(f"peers round {r + 1}/{cfg.rounds}, {procs} process(es): {', '.join(order)}")
+                for system in order:
+                    one = (
+                        self._ours_at_peer_size(procs)
+                        if system == "s3-outbox"
+                        else self._peer_round(system, procs, objs)
                     )
-                    _say(f"  {summary(rates)['median']} docs/s")
-                    if procs == max(cfg.processes):
-                        steady: list[list[float]] = []
-                        n = int(cfg.steady_rate * cfg.steady_seconds)
-                        for _ in range(cfg.rounds):
-                            ids = self.peer_rows(objs[:n])
-                            self.paced(ids, cfg.steady_rate, _one_at_a_time(send))
-                            self.wait_finished("s3bench.docs", n, 120, children)
-                            steady.append(self.timings("s3bench.docs")[1])
-                        out["latency"].append(
-                            {
-                                "peer": peer,
-                                "processes": procs,
-                                "offered_per_s": cfg.steady_rate,
-                                "steady": latency_summary(steady),
-                            }
-                        )
-                finally:
-                    close()
-                    children.stop_all()
+                    runs.setdefault((system, procs), []).append(one)
+        out: Json = {"throughput": [], "ours": [], "latency": []}
+        for (system, procs), rounds in runs.items():
+            entry: Json = {
+                "documents": cfg.peer_size,
+                "processes": procs,
+                "threads": cfg.threads,
+                "docs_per_s": summary([rate for rate, _, _ in rounds]),
+                "saturation_latency": latency_summary([lat for _, lat, _ in rounds]),
+                "cpu_cores_busy": {
+                    k: statistics.median(c[k] for _, _, c in rounds) for k in rounds[0][2]
+                },
+            }
+            if system == "s3-outbox":
+                out["ours"].append(entry)
+            else:
+                out["throughput"].append({"peer": system, **entry})
+            _say(f"  {system} {procs}p: {entry['docs_per_s']['median']} docs/s")
+        for peer in self.PEERS:
+            out["latency"].append(self._peer_steady(peer, max(cfg.processes), objs))
         return out
+
+    def _ours_at_peer_size(self, procs: int) -> tuple[float, list[float], Json]:
+        children = self.start_outbox(procs)
+        try:
+            return self.outbox_round(self.config.peer_size, children)
+        finally:
+            children.stop_all()
+
+    def _peer_round(
+        self, peer: str, procs: int, objs: list[Obj]
+    ) -> tuple[float, list[float], Json]:
+        """One timed backlog of ``peer_size`` documents on a freshly started peer."""
+        children = self.start_peer(peer, procs)
+        send, close = self.peer_sender(peer)
+        try:
+            self._peer_warm_up(send, objs, children)
+            ids = self.peer_rows(objs[: self.config.peer_size])
+            meter = CpuMeter(
+                {**{k: [v] for k, v in self.server_pids.items()}, peer: children.pids()}
+            )
+            meter.start()
+            for start in range(0, len(ids), CONFIRM_CHUNK):
+                send(ids[start : start + CONFIRM_CHUNK])
+            self.wait_finished("s3bench.docs", len(ids), 60 + len(ids) / 5, children)
+            cpu = meter.stop()
+            rate, lat, bad = self.timings("s3bench.docs")
+            if bad:
+                raise RuntimeError(f"{peer}: {bad} documents not available")
+            return rate, lat, cpu
+        finally:
+            close()
+            children.stop_all()
+
+    def _peer_warm_up(
+        self, send: Callable[[list[str]], None], objs: list[Obj], children: Children
+    ) -> None:
+        ids = self.peer_rows(objs[:20])
+        send(ids)
+        self.wait_finished("s3bench.docs", 20, 120, children)
+
+    def _peer_steady(self, peer: str, procs: int, objs: list[Obj]) -> Json:
+        """Latency at the steady offered load, ``rounds`` times, on one started peer."""
+        cfg = self.config
+        _say(f"peer {peer} steady latency at {cfg.steady_rate:.0f}/s, {procs} process(es)")
+        children = self.start_peer(peer, procs)
+        send, close = self.peer_sender(peer)
+        try:
+            self._peer_warm_up(send, objs, children)
+            steady: list[list[float]] = []
+            n = int(cfg.steady_rate * cfg.steady_seconds)
+            for _ in range(cfg.rounds):
+                ids = self.peer_rows(objs[:n])
+                self.paced(ids, cfg.steady_rate, _one_at_a_time(send))
+                self.wait_finished("s3bench.docs", n, 120, children)
+                steady.append(self.timings("s3bench.docs")[1])
+            return {
+                "peer": peer,
+                "processes": procs,
+                "offered_per_s": cfg.steady_rate,
+                "steady": latency_summary(steady),
+            }
+        finally:
+            close()
+            children.stop_all()
 
     # -- all -------------------------------------------------------------------------------
 
@@ -977,8 +1019,11 @@ def targets(r: Json) -> Json:
     peers = {
         (t["peer"], t["processes"]): _median(t["docs_per_s"]) for t in r["peers"]["throughput"]
     }
+    # Ours from the same interleaved rounds as the peers (older results: the e2e figure).
     peer_n = r["peers"]["throughput"][0]["documents"]
     ours_at_peer_n = {p: by.get((peer_n, p)) for _, p in peers}
+    for t in r["peers"].get("ours", []):
+        ours_at_peer_n[t["processes"]] = _median(t["docs_per_s"])
     out: Json = {}
     out["e2e_vs_head8"] = {
         "ratio": round(best / head8, 3),
@@ -1091,6 +1136,15 @@ def table(r: Json) -> str:
             f"| s3-outbox {x['processes']}p at {x['offered_per_s']:.0f}/s: latency"
             f" p50/p95/p99 ms | {s['p50_ms']['median']:.1f} / {s['p95_ms']['median']:.1f} /"
             f" {s['p99_ms']['median']:.1f} |"
+        )
+    for t in r["peers"].get("ours", []):
+        lines.append(
+            f"| s3-outbox beside the peers (interleaved rounds) {t['documents']} docs,"
+            f" {t['processes']}p x {t['threads']}: docs/s | {_fmt(t['docs_per_s'])} |"
+        )
+        lines.append(
+            f"| s3-outbox beside the peers {t['documents']} docs, {t['processes']}p: CPU cores"
+            f" busy | {_cpu(t, 's3-outbox')} |"
         )
     for t in r["peers"]["throughput"]:
         lines.append(
