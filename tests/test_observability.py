@@ -436,10 +436,18 @@ def test_real_prometheus_scrapes_processes_and_dashboard_queries_return_data(
     for _title, expr in dashboard_targets():
         prometheus.query(grafana_to_promql(expr))  # asserts status == success
     # The lag and throughput queries have data (nothing was redispatched: that one is empty).
+    # Each endpoint is scraped on its own schedule: a rate needs two scrapes of the relay's
+    # series too, which may come a scrape after the worker's.
     with_data = ("Lag", "Dispatched per second by topic", "Done per second by topic")
     for title, expr in dashboard_targets():
         if title in with_data and "redispatched" not in expr:
-            assert prometheus.query(grafana_to_promql(expr)), f"no data for {title}: {expr}"
+            promql = grafana_to_promql(expr)
+            wait_for(
+                lambda q=promql: prometheus.query(q),
+                timeout=30,
+                interval=0.5,
+                message=f"data for {title}: {expr}",
+            )
     dispatched = prometheus.values(grafana_to_promql(targets["Dispatched per second by topic"]))
     assert "topic=verify" in dispatched
     lag = prometheus.values("max(s3outbox_oldest_pending_event_age_seconds)")

@@ -278,6 +278,31 @@ def test_a_malformed_hint_is_ignored(
     assert_quota(settings, "alice", len(body), 0)
 
 
+def test_verify_works_on_a_schema_without_the_one_statement_accept(
+    outbox: Outbox, conn: Conn, settings: Settings, relay: Relay, processor: EventProcessor
+):
+    """New workers on a database not migrated yet: the one-statement accept fails, the general
+    path does the same work, and nothing is recorded as a failure."""
+    from outbox import migrate
+
+    body = body_of(1600)
+    ticket = upload(outbox, conn, "alice", body)
+    relay.run_once()
+    event_id, attempt = only_dispatched(settings, "verify")
+    hint = relay_hint(relay, event_id)
+    with psycopg.connect(settings.database_url, autocommit=True) as admin:
+        admin.execute("DROP FUNCTION s3outbox.accept_verified")
+        try:
+            assert processor.process(event_id, attempt, hint=hint) == Outcome.DONE
+        finally:
+            migrate(admin)
+    doc = doc_row(settings, ticket.document.id)
+    assert (doc["status"], doc["charged_bytes"]) == (DocumentStatus.AVAILABLE, len(body))
+    (event,) = events_of(settings, ticket.document.id)
+    assert (event["status"], event["failures"]) == ("done", 0)
+    assert_quota(settings, "alice", len(body), 0)
+
+
 def sent_messages(relay: Relay) -> list[Any]:
     """Every message the relay has put on the test's queue, decoded."""
     from dramatiq import Message

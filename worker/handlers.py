@@ -255,7 +255,7 @@ class EventProcessor:
             observation is not None
             and observation.matches
             and isinstance(prefetched, dict)
-            and self._accept_verified(event, prefetched, observation, now)
+            and self._try_accept_verified(event, prefetched, observation, now)
         ):
             return Outcome.DONE
         with self._transaction() as cur:
@@ -441,6 +441,18 @@ class EventProcessor:
             },
         )
         metrics.DOCUMENT_OUTCOMES.labels(DocumentStatus.AVAILABLE.value).inc()
+
+    def _try_accept_verified(
+        self, event: Row, declared: Row, observation: Observation, now: datetime | None
+    ) -> bool:
+        """``_accept_verified``, or False when it fails (e.g. a database not migrated yet to
+        the schema with ``s3outbox.accept_verified``): the general path then does the same
+        work in several statements, and records a failure only if that fails too."""
+        try:
+            return self._accept_verified(event, declared, observation, now)
+        except psycopg.Error as exc:
+            log.warning("one-statement accept failed, taking the general path: %s", exc)
+            return False
 
     def _accept_verified(
         self, event: Row, declared: Row, observation: Observation, now: datetime | None
