@@ -185,12 +185,7 @@ def test_purge_delivered_twice_deletes_once(
 
 def relay_hint(relay: Relay, event_id: int) -> dict[str, Any] | None:
     """The hint the relay put in the event's message, read back from Redis."""
-    from dramatiq import Message
-
-    broker: Any = relay.broker
-    stored = broker.client.hgetall(f"{broker.namespace}:{relay.settings.queue_name}.msgs")
-    for data in stored.values():
-        message = Message.decode(data)
+    for message in sent_messages(relay):
         if message.args[0] == event_id:
             hint: dict[str, Any] | None = message.kwargs.get("hint")
             return hint

@@ -83,6 +83,18 @@ def backoff_seconds(settings: Settings, failures: int) -> float:
     return random.uniform(ceiling / 2, ceiling)
 
 
+def _record(event_id: int, topic: str, outcome: Outcome, started: float) -> None:
+    """How handling an event ended: its duration metric and one log line."""
+    metrics.ACTOR_DURATION.labels(topic, outcome.value).observe(time.monotonic() - started)
+    log.info(
+        "event %s (%s) %s",
+        event_id,
+        topic,
+        outcome.value,
+        extra={"event_id": event_id, "topic": topic},
+    )
+
+
 def check_connection(conn: psycopg.Connection[Any]) -> None:
     """The pool's check on checkout, without a round trip while the connection is quiet.
 
@@ -165,14 +177,7 @@ class EventProcessor:
                     extra={"event_id": event_id, "topic": topic},
                 )
                 outcome = self._fail(event, attempt, exc, now)
-            metrics.ACTOR_DURATION.labels(topic, outcome.value).observe(time.monotonic() - started)
-            log.info(
-                "event %s (%s) %s",
-                event_id,
-                topic,
-                outcome.value,
-                extra={"event_id": event_id, "topic": topic},
-            )
+            _record(event_id, topic, outcome, started)
         return outcome
 
     def process_many(self, items: list[list[Any]], *, now: datetime | None = None) -> list[Outcome]:
@@ -230,16 +235,7 @@ class EventProcessor:
                 log.debug("event %s: fast verify gave way to the general path: %s", event_id, exc)
                 return False
             if accepted:
-                metrics.ACTOR_DURATION.labels(Topic.VERIFY.value, Outcome.DONE.value).observe(
-                    time.monotonic() - started
-                )
-                log.info(
-                    "event %s (%s) %s",
-                    event_id,
-                    Topic.VERIFY.value,
-                    Outcome.DONE.value,
-                    extra={"event_id": event_id, "topic": Topic.VERIFY.value},
-                )
+                _record(event_id, Topic.VERIFY.value, Outcome.DONE, started)
             return accepted
 
     # -- topics --------------------------------------------------------------------------
