@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 BENCH_ARGS ?=
 bench: venv
 	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[bench]'
-	$(BIN)/s3-outbox bench $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 test: venv
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
@@ -29,18 +29,19 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 run: venv
 	$(BIN)/s3-outbox run
 
 dev-servers: venv
-	$(BIN)/python -m worker.devstack
+	$(BIN)/python -m worker.embedded
 
 # The full chaos run (2,000 documents, faults, every invariant checked); CHAOS_ARGS e.g.
 # "--documents 500 --seed 7 --json chaos.json". Exits non-zero on any broken invariant.
 CHAOS_ARGS ?=
 chaos: venv
-	$(BIN)/s3-outbox chaos $(CHAOS_ARGS)
+	$(BIN)/python -m harness.chaos $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) .data build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache test-artifacts

@@ -6,21 +6,23 @@ transaction; workers (the ``worker`` package) make the side effects on storage l
 
 from outbox.api import Outbox
 from outbox.constants import LIVE_STATUSES, DocumentStatus, EventStatus, Topic
-from outbox.db import migrate
 from outbox.errors import (
     EventNotFound,
     FileTooLarge,
     InvalidInput,
     InvalidState,
+    MigrationLocked,
     NotFound,
     OutboxError,
     QuotaBelowUsage,
     QuotaExceeded,
+    SchemaOutOfDate,
     UnsupportedContentType,
     ValidationFailed,
 )
 from outbox.logs import log_context
 from outbox.models import Document, DocumentPage, DownloadTicket, Quota, UploadTicket
+from outbox.schema import migrate
 from outbox.settings import Settings
 
 __all__ = [
@@ -34,12 +36,14 @@ __all__ = [
     "FileTooLarge",
     "InvalidInput",
     "InvalidState",
+    "MigrationLocked",
     "NotFound",
     "Outbox",
     "OutboxError",
     "Quota",
     "QuotaBelowUsage",
     "QuotaExceeded",
+    "SchemaOutOfDate",
     "Settings",
     "Topic",
     "UnsupportedContentType",

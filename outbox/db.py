@@ -39,12 +39,3 @@ def reading(conn: psycopg.Connection[Any]) -> Iterator[psycopg.Cursor[Row]]:
     """A dict-row cursor for read-only calls (no savepoint needed)."""
     with conn.cursor(row_factory=dict_row) as cur:
         yield cur
-
-
-def migrate(conn: psycopg.Connection[Any]) -> None:
-    """Apply ``schema.sql`` (idempotent) under an advisory lock, so concurrent migrations
-    wait for each other. Runs in its own transaction on an autocommit connection, or inside
-    the caller's otherwise."""
-    with atomic(conn) as cur:
-        cur.execute("SELECT pg_advisory_xact_lock(hashtext('s3outbox.migrate'))")
-        cur.execute(queries.schema_sql())

@@ -103,3 +103,19 @@ class EventNotFound(OutboxError):
 
     http_status = 404
     code = "event_not_found"
+
+
+class SchemaOutOfDate(OutboxError):
+    """The database schema is older than this code needs: run ``s3-outbox migrate`` (HTTP 503,
+    the service cannot work until it is migrated). Carries ``current`` and ``required``."""
+
+    http_status = 503
+    code = "schema_out_of_date"
+
+
+class MigrationLocked(OutboxError):
+    """A migration could not take its locks within ``lock_timeout`` (a long transaction holds
+    the tables); nothing was changed by the migration that timed out (HTTP 503)."""
+
+    http_status = 503
+    code = "migration_locked"

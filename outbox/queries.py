@@ -36,8 +36,3 @@ def load(package: str, filename: str = "queries.sql") -> dict[str, str]:
     """The named queries of a package's SQL file, loaded once."""
     text = resources.files(package).joinpath(filename).read_text(encoding="utf-8")
     return parse_queries(text)
-
-
-def schema_sql() -> str:
-    """The whole schema (``schema.sql``), as shipped inside the package."""
-    return resources.files("outbox").joinpath("schema.sql").read_text(encoding="utf-8")

@@ -1,5 +1,7 @@
--- s3-outbox schema. Safe to apply twice: every statement is idempotent.
--- Apply with `s3-outbox migrate` (which also takes an advisory lock) or with psql.
+-- s3-outbox: the full current schema, for reading and for a new database (`psql -f`).
+-- It is what applying every migration of outbox/migrations/ gives (tests check the catalogs
+-- are the same), and it records those versions, so `s3-outbox migrate` finds nothing to do.
+-- Upgrade an existing database with `s3-outbox migrate`, never with this file.
 
 CREATE SCHEMA IF NOT EXISTS s3outbox;
 
@@ -192,3 +194,14 @@ BEGIN
     RETURN v_done;
 END;
 $$;
+
+-- Which migrations (outbox/migrations/NNNN_name.sql) this database has.
+CREATE TABLE IF NOT EXISTS s3outbox.schema_migrations (
+    version     integer     PRIMARY KEY,
+    name        text        NOT NULL,
+    checksum    text        NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO s3outbox.schema_migrations (version, name, checksum) VALUES
+    (1, 'initial', '373aa8880402e1343d2167329ab4770c8fdff45168e92e29043cbf87c8c11874')
+ON CONFLICT (version) DO NOTHING;

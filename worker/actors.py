@@ -26,14 +26,17 @@ import threading  # noqa: E402
 from typing import Any  # noqa: E402
 
 import dramatiq  # noqa: E402
+import psycopg  # noqa: E402
 from dramatiq.middleware import Middleware  # noqa: E402
 
+from outbox import schema  # noqa: E402
 from outbox.constants import Topic  # noqa: E402
 from outbox.logs import configure as configure_logging  # noqa: E402
 from outbox.settings import Settings  # noqa: E402
 from worker import metrics  # noqa: E402
 from worker.broker import ACTOR_NAMES, VERIFY_MANY_ACTOR, make_broker  # noqa: E402
-from worker.handlers import EventProcessor, make_pool  # noqa: E402
+from worker.events import EventProcessor  # noqa: E402
+from worker.pool import make_pool  # noqa: E402
 from worker.storage import Storage  # noqa: E402
 
 log = logging.getLogger("s3outbox.actors")
@@ -52,6 +55,20 @@ def processor() -> EventProcessor:
     return _processor
 
 
+def check_schema() -> None:
+    """Refuse to work on a database older than this code (a clear error, then the worker
+    process exits and Dramatiq stops the others). A database that cannot be reached now is
+    not a reason to stop: an outage is survived, and the next boot checks again."""
+    try:
+        with psycopg.connect(settings.database_url, autocommit=True, connect_timeout=10) as conn:
+            schema.require_current(conn)
+    except psycopg.OperationalError as exc:
+        log.warning("could not check the schema version (database unreachable): %s", exc)
+    except schema.SchemaOutOfDate as exc:
+        log.critical("%s", exc.message)
+        raise SystemExit(2) from None
+
+
 def serve_worker_metrics() -> int:
     """Dramatiq fork function: one metrics endpoint for all worker processes of this run."""
     metrics.serve_multiprocess(settings, settings.worker_metrics_port)
@@ -67,6 +84,7 @@ class WorkerSetup(Middleware):
 
     def after_process_boot(self, broker: dramatiq.Broker) -> None:
         configure_logging(settings.log_level, settings.log_json)
+        check_schema()
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         # An idle Redis consumer sleeps up to worker_timeout (1 s by default) between fetches:

@@ -60,8 +60,7 @@ class OutboxCollector(Collector):
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._q = queries.load("worker")
-        self._status_sql = queries.load("worker", "status.sql")
+        self._q = queries.load("worker.ops", "status.sql")
 
     def collect(self) -> Iterable[Metric]:
         events = GaugeMetricFamily(
@@ -99,7 +98,7 @@ class OutboxCollector(Collector):
                 assert lag is not None
                 pending_age.add_metric([], lag[0])
                 dispatched_age.add_metric([], lag[1])
-                totals = conn.execute(self._status_sql["quota_totals"]).fetchone()
+                totals = conn.execute(self._q["quota_totals"]).fetchone()
                 assert totals is not None
                 for kind, value in zip(("used", "reserved", "limit"), totals[:3], strict=True):
                     quota_bytes.add_metric([kind], value)

@@ -11,7 +11,6 @@ the truth).
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from datetime import datetime
 from typing import Any
@@ -24,10 +23,12 @@ from dramatiq.common import current_millis
 from psycopg import sql
 
 from outbox import queries
-from outbox.constants import NOTIFY_CHANNEL, EventStatus, Topic
+from outbox.constants import NOTIFY_CHANNEL, Topic
 from outbox.settings import Settings
 from worker import metrics
 from worker.broker import ACTOR_NAMES, VERIFY_MANY_ACTOR, make_broker
+from worker.maintenance.rescue_stale import rescue_stale
+from worker.service import Stop
 
 log = logging.getLogger("s3outbox.relay")
 
@@ -44,7 +45,7 @@ class Relay:
     def __init__(self, settings: Settings, broker: RedisBroker | None = None) -> None:
         self.settings = settings
         self.broker = broker or make_broker(settings)
-        self._q = queries.load("worker")
+        self._q = queries.load("worker", "relay.sql")
         self._conn: psycopg.Connection[Any] | None = None
         self._listen: psycopg.Connection[Any] | None = None
         self._last_batch = 0
@@ -170,7 +171,7 @@ class Relay:
 
     # -- waiting -------------------------------------------------------------------------
 
-    def wait(self, stop: threading.Event) -> None:
+    def wait(self, stop: Stop) -> None:
         """Return at once after a full batch; otherwise wait for a NOTIFY, the next due
         event, or the poll interval, whichever comes first."""
         if self._last_batch >= self.settings.relay_batch_size or stop.is_set():
@@ -226,32 +227,3 @@ def _hint(row: tuple[Any, ...]) -> dict[str, Any]:
         "sha256": sha256,
         "content_type": ctype,
     }
-
-
-def rescue_stale(
-    conn: psycopg.Connection[Any], settings: Settings, now: datetime | None = None
-) -> int:
-    """Send again what Redis lost: stale dispatched events back to pending (with a NOTIFY),
-    or dead after too many dispatches. Shared by the relay and the sweeper."""
-    q = queries.load("worker")
-    total = 0
-    while True:
-        with conn.transaction():
-            rows = conn.execute(
-                q["rescue_stale_events"],
-                {
-                    "now": now,
-                    "stale_after": settings.redispatch_after_seconds,
-                    "limit": settings.sweeper_batch_size,
-                    "max_rescues": settings.max_failures,
-                },
-            ).fetchall()
-        for _id, topic, status in rows:
-            metrics.EVENTS_REDISPATCHED.labels(topic).inc()
-            if status == EventStatus.DEAD:
-                metrics.EVENTS_DEAD.labels(topic).inc()
-        if rows:
-            log.warning("re-dispatching %d stale events", len(rows))
-        total += len(rows)
-        if len(rows) < settings.sweeper_batch_size:
-            return total

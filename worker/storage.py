@@ -101,3 +101,12 @@ def _is_missing(exc: ClientError) -> bool:
     error = exc.response.get("Error", {})
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     return str(error.get("Code")) in _MISSING_CODES or status == 404
+
+
+def ensure_bucket(settings: Settings) -> None:
+    """Create the bucket when it does not exist (development servers: ``s3-outbox run``)."""
+    client = make_client(settings, settings.s3_endpoint_url)
+    try:
+        client.head_bucket(Bucket=settings.s3_bucket)
+    except ClientError:
+        client.create_bucket(Bucket=settings.s3_bucket)

@@ -1,86 +1,24 @@
-"""The sweeper: periodic maintenance as small named jobs (River's rescuer/cleaner style).
-
-- expire_abandoned: pending uploads whose URL expired get one expire event (the expire actor
-  verifies once: a lost confirm ends available, anything else expired and purged);
-- rescue_stale: dispatched events unfinished for too long are sent again;
-- prune_done: done events older than the retention period are deleted.
-
-Each job drains in bounded batches, each batch in its own short transaction.
-"""
+"""The sweeper: runs every maintenance job (``worker.maintenance``) once per
+``sweeper_interval_seconds``, each on the service loop (``worker.service``)."""
 
 from __future__ import annotations
 
 import logging
-import threading
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 import psycopg
 
-from outbox import queries
 from outbox.settings import Settings
 from worker import metrics
-from worker.relay import rescue_stale
+from worker.maintenance import ExpireAbandoned, Job, PruneDone, RescueStale
+from worker.service import Stop
 
 log = logging.getLogger("s3outbox.sweeper")
 
 
-class Job(Protocol):
-    name: str
-
-    def run_once(self, conn: psycopg.Connection[Any], now: datetime | None) -> int: ...
-
-
-@dataclass
-class _BatchJob:
-    """A job that runs one named query in batches until a batch comes back short."""
-
-    name: str
-    query: str
-    settings: Settings
-
-    def params(self, now: datetime | None) -> dict[str, Any]:
-        return {"now": now, "limit": self.settings.sweeper_batch_size}
-
-    def run_once(self, conn: psycopg.Connection[Any], now: datetime | None) -> int:
-        sql = queries.load("worker")[self.query]
-        total = 0
-        while True:
-            with conn.transaction():
-                n = len(conn.execute(sql, self.params(now)).fetchall())
-            total += n
-            if n < self.settings.sweeper_batch_size:
-                return total
-
-
-class ExpireAbandoned(_BatchJob):
-    def __init__(self, settings: Settings) -> None:
-        super().__init__("expire_abandoned", "request_expiry", settings)
-
-    def params(self, now: datetime | None) -> dict[str, Any]:
-        return {**super().params(now), "grace": self.settings.purge_grace_seconds}
-
-
-class PruneDone(_BatchJob):
-    def __init__(self, settings: Settings) -> None:
-        super().__init__("prune_done", "prune_done_events", settings)
-
-    def params(self, now: datetime | None) -> dict[str, Any]:
-        return {**super().params(now), "retention": self.settings.done_retention_seconds}
-
-
-@dataclass
-class RescueStale:
-    settings: Settings
-    name: str = "rescue_stale"
-
-    def run_once(self, conn: psycopg.Connection[Any], now: datetime | None) -> int:
-        return rescue_stale(conn, self.settings, now)
-
-
 class Sweeper:
-    """Runs every job once per ``sweeper_interval_seconds``."""
+    """A service (``run_once``/``wait``) that runs each job to exhaustion per round."""
 
     name = "sweeper"
 
@@ -111,7 +49,7 @@ class Sweeper:
                 return job.run_once(self._connection(), now)
         raise KeyError(name)
 
-    def wait(self, stop: threading.Event) -> None:
+    def wait(self, stop: Stop) -> None:
         stop.wait(self.settings.sweeper_interval_seconds)
 
     def _connection(self) -> psycopg.Connection[Any]:

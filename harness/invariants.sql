@@ -1,0 +1,57 @@
+-- Named queries of the invariant checker (harness/invariants.py): read-only, never shipped.
+
+-- name: invariant_quota_drift
+-- Invariant 4: per owner, used/reserved equal the sums over their documents and stay in bounds.
+SELECT q.owner_id, q.limit_bytes, q.used_bytes, q.reserved_bytes,
+       coalesce(d.charged, 0)::bigint AS charged_sum,
+       coalesce(d.reserved, 0)::bigint AS reserved_sum
+FROM s3outbox.quotas q
+LEFT JOIN (
+    SELECT owner_id, sum(charged_bytes) AS charged, sum(reserved_bytes) AS reserved
+    FROM s3outbox.documents GROUP BY owner_id
+) d ON d.owner_id = q.owner_id
+WHERE q.used_bytes < 0 OR q.reserved_bytes < 0
+   OR q.used_bytes + q.reserved_bytes > q.limit_bytes
+   OR q.used_bytes <> coalesce(d.charged, 0)
+   OR q.reserved_bytes <> coalesce(d.reserved, 0);
+
+-- name: invariant_documents_without_quota
+SELECT d.owner_id FROM s3outbox.documents d
+LEFT JOIN s3outbox.quotas q ON q.owner_id = d.owner_id
+WHERE q.owner_id IS NULL AND (d.charged_bytes > 0 OR d.reserved_bytes > 0)
+GROUP BY d.owner_id;
+
+-- name: invariant_bad_charges
+-- Only available (or deleting, until purged) documents hold a charge; only pending/uploaded a
+-- reservation; an available document was verified at its declared size.
+SELECT id, status, charged_bytes, reserved_bytes, declared_size, verified_size
+FROM s3outbox.documents
+WHERE (charged_bytes > 0 AND status NOT IN ('available', 'deleting'))
+   OR (reserved_bytes > 0 AND status NOT IN ('pending', 'uploaded'))
+   OR (status = 'available' AND (verified_at IS NULL OR verified_size IS DISTINCT FROM declared_size
+                                 OR charged_bytes <> declared_size))
+   OR (status IN ('pending', 'uploaded') AND reserved_bytes <> declared_size);
+
+-- name: invariant_unfinished_events
+-- Events that should have finished by now; a pending one scheduled for later is not late.
+SELECT id, topic, status, document_id, attempts, failures, last_error
+FROM s3outbox.events
+WHERE status = 'dispatched'
+   OR (status = 'pending' AND available_at <= coalesce(%(now)s::timestamptz, now()))
+ORDER BY id;
+
+-- name: invariant_unsettled_documents
+-- Once everything settled, no document waits in a transitional state.
+SELECT id, status FROM s3outbox.documents
+WHERE status IN ('uploaded', 'deleting')
+   OR (status = 'pending' AND upload_expires_at <= coalesce(%(now)s::timestamptz, now()));
+
+-- name: invariant_documents_by_keys
+SELECT object_key, id, status, declared_size, sha256
+FROM s3outbox.documents WHERE object_key = ANY(%(keys)s::text[]);
+
+-- name: invariant_available_page
+SELECT id, object_key, declared_size, sha256, content_type
+FROM s3outbox.documents
+WHERE status = 'available' AND id > %(after)s::uuid
+ORDER BY id LIMIT %(limit)s;

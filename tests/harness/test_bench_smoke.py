@@ -1,0 +1,99 @@
+"""``make bench --quick`` end to end: every figure is in the JSON (timings are never asserted:
+the machine is shared and noisy)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytest.importorskip("pgqueuer")
+pytest.importorskip("procrastinate")
+
+
+def _has_summary(fig: dict[str, object]) -> bool:
+    return {"median", "min", "max", "rounds"} <= set(fig)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_bench_quick_writes_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("S3OUTBOX_")}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--output", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "| target |" in proc.stdout
+    r = json.loads(out.read_text())
+
+    for key in ("date", "cpu", "logical_cpus", "memory_gib", "servers", "packages"):
+        assert key in r["machine"]
+    lim = r["limits"]
+    for name in (
+        "pg_tx_per_s_1_clients",
+        "pg_tx_per_s_4_clients",
+        "head_object_per_s_1_threads",
+        "head_object_per_s_8_threads",
+        "dramatiq_noop_per_s",
+    ):
+        assert _has_summary(lim[name]), name
+    assert lim["head_object_cpu_ms_per_call"] > 0
+
+    e2e = r["end_to_end"]
+    assert {(t["documents"], t["processes"]) for t in e2e["throughput"]} == {
+        (n, p) for n in r["config"]["sizes"] for p in r["config"]["processes"]
+    }
+    for t in e2e["throughput"]:
+        assert _has_summary(t["docs_per_s"])
+        assert {"p50_ms", "p95_ms", "p99_ms"} <= set(t["saturation_latency"])
+        busy = set(t["cpu_cores_busy"])
+        assert {"postgres", "valkey", "seaweedfs", "s3-outbox", "machine"} <= busy
+    assert {x["processes"] for x in e2e["latency"]} == set(r["config"]["processes"])
+    for x in e2e["latency"]:
+        assert {"p50_ms", "p95_ms", "p99_ms"} <= set(x["steady"])
+
+    api = r["api"]
+    for name in (
+        "bare_insert_tx_per_s",
+        "request_upload_tx_per_s",
+        "confirm_tx_per_s",
+        "request_upload_plus_confirm_per_s",
+    ):
+        assert _has_summary(api[name])
+    # Counts, not timings: the outbox adds exactly one INSERT (the event) to a confirm.
+    assert api["per_call"]["confirm"]["outbox_event_inserts"] == 1
+    assert api["per_call"]["request_upload"]["outbox_event_inserts"] == 0
+    assert api["per_call"]["request_upload"]["document_inserts"] == 1
+
+    peers = r["peers"]
+    assert {t["peer"] for t in peers["throughput"]} == {"pgqueuer", "procrastinate", "dramatiq"}
+    assert {x["peer"] for x in peers["latency"]} == {"pgqueuer", "procrastinate", "dramatiq"}
+    assert {t["processes"] for t in peers["ours"]} == set(r["config"]["processes"])
+    for t in [*peers["throughput"], *peers["ours"]]:
+        assert _has_summary(t["docs_per_s"])
+        assert len(t["docs_per_s"]["rounds"]) == r["config"]["rounds"]
+    for t in peers["throughput"]:
+        assert {t["peer"], "machine"} <= set(t["cpu_cores_busy"])
+    scaling = r["targets"]["two_vs_one_process"]
+    assert {"machine_cores_busy_2p", "machine_cpus", "saturated"} <= set(scaling)
+    assert "ms CPU per doc in s3-outbox" in proc.stdout
+    assert set(r["targets"]) == {
+        "e2e_vs_head8",
+        "vs_peers",
+        "p99_steady_ms",
+        "outbox_inserts_per_call",
+        "two_vs_one_process",
+    }

@@ -1,0 +1,797 @@
+"""Property-based tests: a Hypothesis state machine drives the library, the relay, the actors'
+event processor and the sweeper against the real servers, in random orders, and checks
+DESIGN.md's invariants after every step and once everything has settled.
+
+Time is simulated: the machine keeps a clock ``now`` and passes it as ``now=`` to every call,
+so "the URL expired", "the verify deadline passed" and "the dispatch went stale" happen by
+moving the clock, never by sleeping. Presigned URLs are signed with the real clock and a long
+real lifetime, so the machine decides from the simulated clock whether a PUT is still allowed
+(see ``IssuedUrl.usable``).
+
+Profiles: ``ci`` (default) and ``long`` (``HYPOTHESIS_PROFILE=long``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import requests
+from hypothesis import HealthCheck, Phase, event
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+from hypothesis.database import DirectoryBasedExampleDatabase
+from hypothesis.errors import InvalidArgument
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+from psycopg_pool import ConnectionPool
+
+from harness.invariants import check_invariants
+from outbox import (
+    LIVE_STATUSES,
+    DocumentStatus,
+    InvalidState,
+    NotFound,
+    Outbox,
+    QuotaBelowUsage,
+    QuotaExceeded,
+    Settings,
+)
+from outbox.presign import object_key
+from tests.support.core import put
+from tests.support.props import DocModel, InterleavingStorage, IssuedUrl, sha256_hex
+from worker.events import EventProcessor, Outcome
+from worker.pool import make_pool
+from worker.relay import Relay
+from worker.sweeper import Sweeper
+
+_COMMON: dict[str, Any] = {
+    "deadline": None,
+    "suppress_health_check": [
+        HealthCheck.too_slow,
+        HealthCheck.filter_too_much,
+        HealthCheck.data_too_large,
+    ],
+    "print_blob": True,
+    # Failing examples are replayed first on the next run; kept where pytest keeps its cache
+    # (already ignored by git).
+    "database": DirectoryBasedExampleDatabase(
+        str(Path(__file__).resolve().parents[2] / ".pytest_cache" / "hypothesis")
+    ),
+}
+hsettings.register_profile("ci", max_examples=25, stateful_step_count=30, **_COMMON)
+hsettings.register_profile("long", max_examples=300, stateful_step_count=60, **_COMMON)
+PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
+
+OWNERS = ("alice", "bob", "carol")
+# A small pool, so the same content is requested again (de-duplication, refreshed URLs).
+CONTENTS: tuple[tuple[bytes, str], ...] = (
+    (b"x", "text/plain"),
+    (b"%PDF-1.7\n" + b"p" * 691, "application/pdf"),
+    (b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 6, "image/png"),
+    (b"a,b,c\n" + b"1,2,3\n" * 430, "text/csv"),
+)
+LIMITS = (0, 700, 1600, 3000, 4000, 10_000, None)  # None: exactly used + reserved
+TTLS = (120, 600, 3600)  # seconds; also the real lifetime of the signature
+MACHINE_SETTINGS: dict[str, Any] = {
+    "upload_url_ttl_seconds": 600,
+    "upload_url_max_ttl_seconds": 3600,
+    "default_quota_bytes": 4000,
+    "verify_deadline_seconds": 120.0,
+    "retry_base_seconds": 1.0,
+    "retry_max_seconds": 60.0,
+    "max_failures": 5,
+    "redispatch_after_seconds": 300.0,
+    "purge_grace_seconds": 5.0,
+    "done_retention_seconds": 3600.0,
+    "relay_batch_size": 50,
+    "sweeper_batch_size": 50,
+}
+_NEXT: dict[str, set[str]] = {
+    "pending": {"uploaded", "available", "expired", "deleting"},
+    "uploaded": {"available", "rejected", "deleting"},
+    "available": {"deleting"},
+    "rejected": {"deleted"},
+    "expired": {"deleted"},
+    "deleting": {"deleted"},
+    "deleted": set(),
+}
+
+
+def _reachable(status: str) -> set[str]:
+    seen, todo = {status}, [status]
+    while todo:
+        for nxt in _NEXT[todo.pop()] - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    return seen
+
+
+#: Every status a document in a given status may be found in later.
+REACHABLE = {status: _reachable(status) for status in _NEXT}
+# What may land between a handler's look at storage and its transaction (None: nothing).
+BETWEEN = st.sampled_from([None, None, None, "delete", "confirm", "put", "request", "tight_limit"])
+SWEEPER_JOBS = ("expire_abandoned", "rescue_stale", "prune_done")
+LIVE = {s.value for s in LIVE_STATUSES}
+#: What the runs exercised (printed by the test: ``pytest -s``); also Hypothesis events.
+SEEN: Counter[str] = Counter()
+
+
+def note(label: str) -> None:
+    SEEN[label] += 1
+    with contextlib.suppress(InvalidArgument):  # outside Hypothesis (a replayed case)
+        event(label)
+
+
+@dataclass
+class World:
+    """What every example shares (boto3 clients cost ~0.1-1 s to build): one settings object
+    with the test's own key prefix and queue, the library, storage, a pool and the sweeper.
+    Each example starts from empty tables and an empty key prefix."""
+
+    settings: Settings
+    outbox: Outbox
+    storage: InterleavingStorage
+    pool: ConnectionPool[Any]
+    processor: EventProcessor
+    sweeper: Sweeper
+
+    @classmethod
+    def create(cls, base: Settings) -> World:
+        token = uuid.uuid4().hex[:10]
+        settings = Settings(
+            **{
+                **base.model_dump(),
+                **MACHINE_SETTINGS,
+                "key_prefix": f"props-{token}/",
+                "queue_name": f"props{token}",
+            }
+        )
+        storage = InterleavingStorage(settings)
+        pool = make_pool(settings, max_size=2)
+        return cls(
+            settings,
+            Outbox(settings),
+            storage,
+            pool,
+            EventProcessor(settings, pool, storage),
+            Sweeper(settings),
+        )
+
+    def reset(self) -> None:
+        self.storage.disarm()
+        with psycopg.connect(self.settings.database_url, autocommit=True) as c:
+            c.execute(
+                "TRUNCATE s3outbox.events, s3outbox.documents, s3outbox.quotas RESTART IDENTITY"
+            )
+        paginator = self.storage.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(
+            Bucket=self.settings.s3_bucket, Prefix=self.settings.key_prefix
+        ):
+            for obj in page.get("Contents", []):
+                self.storage.client.delete_object(Bucket=self.settings.s3_bucket, Key=obj["Key"])
+
+    def close(self) -> None:
+        self.reset()
+        self.sweeper.close()
+        self.pool.close()
+
+
+class OutboxMachine(RuleBasedStateMachine):
+    """The whole system, one step at a time, with a simulated clock."""
+
+    world: World  # set by the test before the machine runs
+
+    def __init__(self) -> None:
+        super().__init__()
+        world = self.world
+        world.reset()
+        self.settings = world.settings
+        self.outbox = world.outbox
+        self.storage = world.storage
+        self.processor = world.processor
+        self.sweeper = world.sweeper
+        self.db = psycopg.connect(self.settings.database_url, autocommit=True)
+        self.conn = psycopg.connect(self.settings.database_url)  # the web app's
+        # A relay per example: it decides when to rescue on its own (real) clock.
+        self.relay = Relay(self.settings)
+        self.relay.broker.flush(self.settings.queue_name)
+        self.now = datetime.now(UTC)
+        self.grace = timedelta(seconds=self.settings.purge_grace_seconds)
+        self.docs: list[DocModel] = []
+        self.by_id: dict[uuid.UUID, DocModel] = {}
+        self.messages: list[tuple[int, int]] = []  # every (event id, attempt) a relay sent
+        self.status_after_teardown: dict[uuid.UUID, str] = {}
+        self.finished_events: dict[int, str] = {}
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def status(self, doc: DocModel) -> str:
+        row = self.db.execute(
+            "SELECT status FROM s3outbox.documents WHERE id = %s", (doc.id,)
+        ).fetchone()
+        assert row is not None, f"document {doc.id} vanished"
+        return str(row[0])
+
+    def quota(self, owner: str) -> tuple[int, int, int]:
+        """(limit, used, reserved) as committed; an unknown owner has the default limit."""
+        row = self.db.execute(
+            "SELECT limit_bytes, used_bytes, reserved_bytes FROM s3outbox.quotas"
+            " WHERE owner_id = %s",
+            (owner,),
+        ).fetchone()
+        if row is None:
+            return self.settings.default_quota_bytes, 0, 0
+        return int(row[0]), int(row[1]), int(row[2])
+
+    def live_duplicate(self, owner: str, body: bytes) -> tuple[uuid.UUID, str] | None:
+        row = self.db.execute(
+            "SELECT id, status FROM s3outbox.documents WHERE owner_id = %s AND sha256 = %s"
+            " AND status IN ('pending', 'uploaded', 'available')",
+            (owner, sha256_hex(body)),
+        ).fetchone()
+        return None if row is None else (row[0], str(row[1]))
+
+    def pick(self, items: list[Any], index: int) -> Any:
+        return items[index % len(items)]
+
+    def usable_urls(self) -> list[IssuedUrl]:
+        return [
+            u
+            for d in self.docs
+            for u in d.urls
+            if u.usable(self.now, self.settings.purge_grace_seconds)
+        ]
+
+    def head_tuple(self, key: str) -> tuple[int, str | None, str | None] | None:
+        info = self.storage.head(key)
+        return None if info is None else (info.size, info.content_type, info.sha256_b64)
+
+    def note_put(self, doc: DocModel, status_before: str) -> None:
+        doc.last_write = "good"
+        doc.good_while_pending = status_before == DocumentStatus.PENDING
+
+    def note_tamper(self, doc: DocModel) -> None:
+        doc.last_write = "bad"
+        doc.good_while_pending = False
+        doc.tampered += 1
+
+    def request(self, owner: str, content: int, ttl: int, *, commit: bool = True) -> None:
+        body, ctype = CONTENTS[content]
+        limit, used, reserved = self.quota(owner)
+        dup = self.live_duplicate(owner, body)
+        try:
+            ticket = self.outbox.request_upload(
+                self.conn,
+                owner_id=owner,
+                filename=f"file-{content}.bin",
+                content_type=ctype,
+                size=len(body),
+                sha256=sha256_hex(body),
+                expires_in=ttl,
+                now=self.now,
+            )
+        except QuotaExceeded as exc:
+            self.conn.rollback()
+            assert dup is None, "a duplicate needs no new reservation"
+            assert used + reserved + len(body) > limit, (used, reserved, len(body), limit)
+            assert (exc.used, exc.reserved, exc.limit) == (used, reserved, limit)
+            return
+        if not commit:
+            self.conn.rollback()
+            assert self.live_duplicate(owner, body) == dup, "a rolled-back request left a row"
+            assert self.quota(owner)[1:] == (used, reserved)
+            return
+        self.conn.commit()
+        doc_id = ticket.document.id
+        note(f"request: duplicate of {dup[1] if dup else None}")
+        if dup is not None:
+            assert ticket.deduplicated and doc_id == dup[0]
+            assert (ticket.url is None) == (dup[1] != DocumentStatus.PENDING)
+            assert self.quota(owner)[1:] == (used, reserved), "a duplicate reserved again"
+        else:
+            assert not ticket.deduplicated and ticket.url is not None
+            assert used + reserved + len(body) <= limit
+            assert self.quota(owner)[1:] == (used, reserved + len(body))
+        if ticket.url is not None:
+            assert ticket.expires_at == self.now + timedelta(seconds=ttl), "not this URL's"
+        # Invariant 8: the key is the server's, whatever the filename.
+        assert ticket.document.object_key == object_key(self.settings, doc_id)
+        doc = self.by_id.get(doc_id)
+        if doc is None:
+            doc = DocModel(doc_id, owner, ticket.document.object_key, body, ctype)
+            self.docs.append(doc)
+            self.by_id[doc_id] = doc
+        if ticket.url is not None:
+            doc.urls.append(
+                IssuedUrl(
+                    ticket,
+                    body,
+                    self.now + timedelta(seconds=ttl),
+                    time.monotonic() + ttl - 30,
+                )
+            )
+
+    def put_right(self, url: IssuedUrl) -> None:
+        doc = self.by_id[url.ticket.document.id]
+        before = self.status(doc)
+        resp = put(url.ticket, url.body)
+        assert resp.status_code == 200, resp.text
+        self.note_put(doc, before)
+        note(f"right PUT while {before}")
+
+    def record_dispatched(self) -> None:
+        for event_id, attempts in self.db.execute(
+            "SELECT id, attempts FROM s3outbox.events WHERE status = 'dispatched' ORDER BY id"
+        ).fetchall():
+            if (event_id, attempts) not in self.messages:
+                self.messages.append((event_id, attempts))
+
+    def process(self, event_id: int, attempt: int, now: datetime) -> Outcome:
+        before = self.db.execute(
+            "SELECT status, attempts FROM s3outbox.events WHERE id = %s", (event_id,)
+        ).fetchone()
+        if before is not None and before[1] != attempt:
+            note("message of an older attempt")
+        outcome = self.processor.process(event_id, attempt, now=now)
+        note(f"outcome {outcome.value}")
+        if before is None or before[0] in ("done", "dead"):
+            assert outcome == Outcome.SKIPPED, (event_id, before, outcome)
+        assert outcome not in (Outcome.RETRY, Outcome.DEAD), self.event_errors()
+        return outcome
+
+    def event_errors(self) -> list[tuple[Any, ...]]:
+        return self.db.execute(
+            "SELECT id, topic, status, failures, last_error FROM s3outbox.events"
+            " WHERE failures > 0 OR status = 'dead'"
+        ).fetchall()
+
+    # -- the web app ---------------------------------------------------------------------
+
+    @rule(
+        owner=st.sampled_from(OWNERS),
+        content=st.integers(0, len(CONTENTS) - 1),
+        ttl=st.sampled_from(TTLS),
+        commit=st.sampled_from([True, True, True, True, False]),
+    )
+    def request_upload(self, owner: str, content: int, ttl: int, commit: bool) -> None:
+        self.request(owner, content, ttl, commit=commit)
+
+    @rule(
+        owner=st.sampled_from(OWNERS),
+        content=st.integers(0, len(CONTENTS) - 1),
+        confirm=st.booleans(),
+    )
+    def upload(self, owner: str, content: int, confirm: bool) -> None:
+        """The usual browser flow in one step: request, PUT the right body, maybe confirm."""
+        self.request(owner, content, self.settings.upload_url_ttl_seconds)
+        body = CONTENTS[content][0]
+        doc = next((d for d in self.docs if d.owner == owner and d.body == body), None)
+        urls = [] if doc is None else doc.urls[-1:]
+        if not urls or not urls[0].usable(self.now, self.settings.purge_grace_seconds):
+            return
+        assert doc is not None
+        self.put_right(urls[0])
+        if confirm and self.status(doc) == DocumentStatus.PENDING:
+            self.outbox.confirm(self.conn, owner_id=owner, document_id=doc.id, now=self.now)
+            self.conn.commit()
+
+    @rule(owner=st.sampled_from(OWNERS), limit=st.sampled_from(LIMITS))
+    def set_limit(self, owner: str, limit: int | None) -> None:
+        _old, used, reserved = self.quota(owner)
+        if limit is None:
+            limit = used + reserved
+        try:
+            quota = self.outbox.set_limit(self.conn, owner_id=owner, limit_bytes=limit)
+        except QuotaBelowUsage:
+            self.conn.rollback()
+            assert used + reserved > limit
+            return
+        self.conn.commit()
+        assert used + reserved <= limit
+        assert (quota.limit_bytes, quota.used_bytes, quota.reserved_bytes) == (
+            limit,
+            used,
+            reserved,
+        )
+
+    @precondition(lambda self: bool(self.usable_urls()))
+    @rule(
+        i=st.integers(0, 1000),
+        how=st.sampled_from(["right", "same_size", "longer"]),
+        late=st.booleans(),
+    )
+    def put(self, i: int, how: str, late: bool) -> None:
+        """PUT with a URL storage still takes; ``late`` prefers one whose document is no
+        longer live (the PUT that arrives after the purge)."""
+        urls = self.usable_urls()
+        if late:
+            gone = [u for u in urls if self.status(self.by_id[u.ticket.document.id]) not in LIVE]
+            urls = gone or urls
+        url: IssuedUrl = self.pick(urls, i)
+        if how == "right":
+            self.put_right(url)
+            return
+        doc = self.by_id[url.ticket.document.id]
+        wrong = {
+            "same_size": bytes([url.body[0] ^ 0xFF]) + url.body[1:],
+            "longer": url.body + b"!",
+        }[how]
+        before = self.head_tuple(doc.key)
+        resp = put(url.ticket, wrong)
+        assert not resp.ok, f"storage took a body that does not match the signed URL ({how})"
+        assert self.head_tuple(doc.key) == before, "a refused PUT changed the object"
+
+    @precondition(lambda self: bool(self.docs))
+    @rule(i=st.integers(0, 1000), other_owner=st.booleans())
+    def confirm(self, i: int, other_owner: bool) -> None:
+        doc: DocModel = self.pick(self.docs, i)
+        owner = next(o for o in OWNERS if o != doc.owner) if other_owner else doc.owner
+        before = self.status(doc)
+        try:
+            got = self.outbox.confirm(self.conn, owner_id=owner, document_id=doc.id, now=self.now)
+        except NotFound:
+            self.conn.rollback()
+            assert other_owner
+            return
+        except InvalidState:
+            self.conn.rollback()
+            assert before not in LIVE
+            return
+        self.conn.commit()
+        assert not other_owner, "another owner confirmed a document"
+        expected = DocumentStatus.UPLOADED if before == DocumentStatus.PENDING else before
+        assert got.status == expected and self.status(doc) == expected
+
+    @precondition(lambda self: bool(self.docs))
+    @rule(i=st.integers(0, 1000), commit=st.sampled_from([True, True, True, False]))
+    def delete(self, i: int, commit: bool) -> None:
+        doc: DocModel = self.pick(self.docs, i)
+        before = self.status(doc)
+        had = self.head_tuple(doc.key)
+        got = self.outbox.delete(self.conn, owner_id=doc.owner, document_id=doc.id, now=self.now)
+        if not commit:
+            self.conn.rollback()
+            assert self.status(doc) == before
+            # Invariant 3: nothing touched storage for a delete that did not commit.
+            assert self.head_tuple(doc.key) == had
+            return
+        self.conn.commit()
+        doc.deleted_by_test = True
+        if before in LIVE:
+            assert got.status == DocumentStatus.DELETING
+        elif before in (DocumentStatus.REJECTED, DocumentStatus.EXPIRED):
+            assert got.status == DocumentStatus.DELETED
+        else:
+            assert got.status == before
+
+    @precondition(lambda self: bool(self.docs))
+    @rule(i=st.integers(0, 1000), other_owner=st.booleans())
+    def download(self, i: int, other_owner: bool) -> None:
+        doc: DocModel = self.pick(self.docs, i)
+        owner = next(o for o in OWNERS if o != doc.owner) if other_owner else doc.owner
+        status = self.status(doc)
+        try:
+            ticket = self.outbox.download_url(self.conn, owner_id=owner, document_id=doc.id)
+        except NotFound:
+            assert other_owner
+            return
+        except InvalidState:
+            assert status != DocumentStatus.AVAILABLE
+            return
+        finally:
+            self.conn.rollback()
+        # Invariant 2: only the owner, only available; and what it serves is the content.
+        assert not other_owner and status == DocumentStatus.AVAILABLE
+        got = requests.get(ticket.url, timeout=30)
+        assert got.status_code == 200 and got.content == doc.body
+
+    # -- storage behind the system's back ------------------------------------------------
+
+    @precondition(lambda self: bool(self.docs))
+    @rule(
+        i=st.integers(0, 1000),
+        how=st.sampled_from(["same_size", "same_size_checksum", "other_size", "content_type"]),
+    )
+    def tamper(self, i: int, how: str) -> None:
+        """Overwrite a not yet verified document's object with boto3, bypassing the URL."""
+        candidates = [
+            d
+            for d in self.docs
+            if self.status(d) in (DocumentStatus.PENDING, DocumentStatus.UPLOADED)
+        ]
+        if not candidates:
+            return
+        doc: DocModel = self.pick(candidates, i)
+        body, ctype = doc.body, doc.content_type
+        extra: dict[str, Any] = {}
+        if how.startswith("same_size"):
+            body = body[:-1] + bytes([body[-1] ^ 0x55])
+        elif how == "other_size":
+            body = body + b"\x00tampered"
+        else:
+            ctype = "application/octet-stream"
+        if how != "same_size":
+            extra["ChecksumAlgorithm"] = "SHA256"
+        self.storage.client.put_object(
+            Bucket=self.settings.s3_bucket, Key=doc.key, Body=body, ContentType=ctype, **extra
+        )
+        self.note_tamper(doc)
+
+    # -- the workers ---------------------------------------------------------------------
+
+    @rule()
+    def relay_once(self) -> None:
+        self.relay.run_once(now=self.now)
+        self.record_dispatched()
+        left = self.db.execute(
+            "SELECT count(*) FROM s3outbox.events WHERE status = 'pending' AND available_at <= %s",
+            (self.now,),
+        ).fetchone()
+        assert left is not None and left[0] == 0, "the relay left due events behind"
+
+    @rule(rnd=st.randoms(use_true_random=False), between=BETWEEN)
+    def work(self, rnd: Any, between: str | None) -> None:
+        """A relay round, then every message it has sent and nobody finished, in any order;
+        ``between`` lands in the first handler that looks at storage."""
+        self.relay.run_once(now=self.now)
+        self.record_dispatched()
+        pending = list(
+            self.db.execute(
+                "SELECT id, attempts FROM s3outbox.events WHERE status = 'dispatched'"
+            ).fetchall()
+        )
+        rnd.shuffle(pending)
+        fired = self.storage.fired
+        for event_id, attempt in pending:
+            if between is not None and self.storage.fired == fired:
+                self.arm(event_id, between)
+            try:
+                self.process(event_id, attempt, self.now)
+            finally:
+                self.storage.disarm()
+
+    @rule(rnd=st.randoms(use_true_random=False), between=BETWEEN)
+    def workers_round(self, rnd: Any, between: str | None) -> None:
+        """What the processes do in one round: every sweeper job, then a relay round and
+        its messages."""
+        self.sweeper.run_once(now=self.now)
+        self.work(rnd, between)
+
+    def arm(self, event_id: int, action: str) -> None:
+        row = self.db.execute(
+            "SELECT document_id FROM s3outbox.events WHERE id = %s", (event_id,)
+        ).fetchone()
+        doc = self.by_id.get(row[0]) if row is not None else None
+        if doc is not None:
+            self.storage.arm(lambda: self.interleave(doc, action))
+
+    @precondition(lambda self: bool(self.messages))
+    @rule(
+        i=st.integers(0, 1000),
+        between=BETWEEN,
+        any_message=st.booleans(),
+    )
+    def run_message(self, i: int, between: str | None, any_message: bool) -> None:
+        """Handle one message a relay sent: any of them, maybe again, maybe stale (or, without
+        ``any_message``, one whose event is unfinished); with ``between``, another real action
+        lands between the handler's look at storage and its transaction."""
+        unfinished = {
+            event_id
+            for (event_id,) in self.db.execute(
+                "SELECT id FROM s3outbox.events WHERE status IN ('pending', 'dispatched')"
+            ).fetchall()
+        }
+        choices = self.messages
+        if not any_message and any(m[0] in unfinished for m in self.messages):
+            choices = [m for m in self.messages if m[0] in unfinished]
+        event_id, attempt = self.pick(choices, i)
+        if between is not None:
+            self.arm(event_id, between)
+        try:
+            self.process(event_id, attempt, self.now)
+        finally:
+            self.storage.disarm()
+
+    def interleave(self, doc: DocModel, action: str) -> None:
+        note(f"interleaved {action}")
+        if action == "delete":
+            self.outbox.delete(self.conn, owner_id=doc.owner, document_id=doc.id, now=self.now)
+            self.conn.commit()
+            doc.deleted_by_test = True
+        elif action == "confirm":
+            try:
+                self.outbox.confirm(self.conn, owner_id=doc.owner, document_id=doc.id, now=self.now)
+                self.conn.commit()
+            except InvalidState:
+                self.conn.rollback()
+        elif action == "put":
+            urls = [u for u in doc.urls if u.usable(self.now, self.settings.purge_grace_seconds)]
+            if urls:
+                self.put_right(urls[-1])
+        elif action == "tight_limit":
+            self.set_limit(doc.owner, None)
+        elif action == "request":
+            content = next(i for i, (b, _t) in enumerate(CONTENTS) if b == doc.body)
+            self.request(doc.owner, content, max(TTLS))
+
+    @rule(job=st.sampled_from(SWEEPER_JOBS))
+    def sweep(self, job: str) -> None:
+        self.sweeper.run_job(job, now=self.now)
+        if job == "expire_abandoned":
+            overdue = self.db.execute(
+                "SELECT count(*) FROM s3outbox.documents WHERE status = 'pending'"
+                " AND expire_requested_at IS NULL AND upload_expires_at <= %s",
+                (self.now - self.grace,),
+            ).fetchone()
+            assert overdue is not None and overdue[0] == 0
+
+    # -- time ----------------------------------------------------------------------------
+
+    @rule(
+        to=st.sampled_from(["seconds", "url_expiry", "verify_deadline", "redispatch"]),
+        seconds=st.integers(1, 90),
+    )
+    def advance_clock(self, to: str, seconds: int) -> None:
+        step = timedelta(seconds=seconds)
+        if to == "url_expiry":
+            future = [u.expires_at for d in self.docs for u in d.urls if u.expires_at >= self.now]
+            if future:
+                # Just before, or just after the URL + grace (the skew margin).
+                target = min(future) + self.grace
+                step = target - self.now + timedelta(seconds=seconds % 3 - 1)
+        elif to == "verify_deadline":
+            step = timedelta(seconds=self.settings.verify_deadline_seconds + seconds)
+        elif to == "redispatch":
+            step = timedelta(seconds=self.settings.redispatch_after_seconds + seconds)
+        self.now += max(step, timedelta(seconds=1))
+
+    # -- invariants ----------------------------------------------------------------------
+
+    @invariant()
+    def system_invariants(self) -> None:
+        SEEN["steps checked"] += 1
+        report = check_invariants(self.settings, self.storage, settled=False, now=self.now)
+        assert report.ok, report.summary()
+        assert not self.event_errors(), "a handler failed although every server works"
+
+    @invariant()
+    def model_invariants(self) -> None:
+        rows = self.db.execute("SELECT id, owner_id, object_key, status FROM s3outbox.documents")
+        for doc_id, owner, key, status in rows.fetchall():
+            doc = self.by_id.get(doc_id)
+            assert doc is not None, f"a document the test never requested: {doc_id}"
+            assert owner == doc.owner
+            assert key == f"{self.settings.key_prefix}{doc_id}" == doc.key
+            if doc.deleted_by_test:
+                assert status in ("deleting", "deleted"), f"{doc_id}: deleted, now {status}"
+            if doc.last_write == "bad":
+                assert status != "available", f"{doc_id}: tampered, yet available"
+            # Only moves DESIGN.md's state diagram allows (several may happen in one step).
+            assert status in REACHABLE[doc.last_status], f"{doc_id}: {doc.last_status}->{status}"
+            doc.last_status = status
+        # A finished event stays finished (or is pruned).
+        events = dict(self.db.execute("SELECT id, status FROM s3outbox.events").fetchall())
+        for event_id, status in self.finished_events.items():
+            assert events.get(event_id, status) == status, f"event {event_id} came back"
+        self.finished_events.update((i, s) for i, s in events.items() if s in ("done", "dead"))
+
+    # -- the end -------------------------------------------------------------------------
+
+    def settle(self) -> datetime:
+        """Relay, every actor message and the sweeper, with the clock far ahead, until
+        nothing is left to do. Returns the clock it ended with."""
+        now = self.now + timedelta(days=1)
+        step = timedelta(
+            seconds=max(self.settings.retry_max_seconds, self.settings.redispatch_after_seconds) + 1
+        )
+        for _round in range(30):
+            self.sweeper.run_job("expire_abandoned", now=now)
+            self.sweeper.run_job("rescue_stale", now=now)
+            self.relay.run_once(now=now)
+            for event_id, attempt in self.db.execute(
+                "SELECT id, attempts FROM s3outbox.events WHERE status = 'dispatched' ORDER BY id"
+            ).fetchall():
+                self.process(event_id, attempt, now)
+            busy = self.db.execute(
+                "SELECT (SELECT count(*) FROM s3outbox.events"
+                "        WHERE status IN ('pending', 'dispatched'))"
+                " + (SELECT count(*) FROM s3outbox.documents"
+                "    WHERE status IN ('pending', 'uploaded', 'deleting'))"
+            ).fetchone()
+            assert busy is not None
+            if busy[0] == 0:
+                return now
+            now += step
+        raise AssertionError("the system did not settle in 30 rounds")
+
+    def teardown(self) -> None:
+        SEEN["examples"] += 1
+        try:
+            if not hasattr(self, "relay"):
+                return
+            now = self.settle()
+            report = check_invariants(self.settings, self.storage, settled=True, now=now)
+            assert report.ok, report.summary()
+            for doc in self.docs:
+                status = self.status(doc)
+                self.status_after_teardown[doc.id] = status
+                note(f"settled {status}")
+                if doc.deleted_by_test:
+                    assert status == DocumentStatus.DELETED, (doc.id, status)
+                elif doc.good_while_pending and doc.last_write == "good":
+                    # The right body arrived before anything verified the document.
+                    assert status == DocumentStatus.AVAILABLE, (doc.id, status)
+                if status != DocumentStatus.AVAILABLE:
+                    assert self.head_tuple(doc.key) is None, f"{doc.id} {status}: blob left"
+        finally:
+            self.cleanup()
+
+    def cleanup(self) -> None:
+        self.storage.disarm()
+        self.relay.broker.flush(self.settings.queue_name)
+        self.relay.broker.close()
+        self.relay.close()
+        self.conn.close()
+        self.db.close()
+
+
+@pytest.fixture
+def world(base_settings: Settings) -> Iterator[World]:
+    w = World.create(base_settings)
+    yield w
+    w.close()
+
+
+@pytest.mark.timeout(1800)
+def test_outbox_state_machine(world: World) -> None:
+    machine = type("Machine", (OutboxMachine,), {"world": world})
+    SEEN.clear()
+    profile = hsettings.get_profile(PROFILE)
+    run_state_machine_as_test(
+        machine,
+        settings=hsettings(
+            profile, phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink]
+        ),
+    )
+    print(f"\nprofile {PROFILE}:", dict(sorted(SEEN.items())))
+
+
+def test_refreshed_url_with_a_shorter_ttl_leaves_no_orphan(world: World) -> None:
+    """A case the machine found, replayed step by step: content requested with a long URL,
+    then again with a short one. The short expiry must not expire the document while the
+    long URL still works, or a PUT with it leaves an object no row owns (invariant 7)."""
+    machine = type("Machine", (OutboxMachine,), {"world": world})()
+    try:
+        machine.request_upload(owner="alice", content=1, ttl=3600, commit=True)
+        machine.request_upload(owner="alice", content=1, ttl=120, commit=True)
+        (doc,) = machine.docs
+        assert len(doc.urls) == 2
+        machine.advance_clock(to="url_expiry", seconds=2)  # 1 s past the short URL + grace
+        machine.sweep(job="expire_abandoned")
+        machine.work(rnd=random.Random(0), between=None)
+        machine.system_invariants()
+        assert machine.status(doc) == DocumentStatus.PENDING
+        (usable,) = machine.usable_urls()
+        assert usable is doc.urls[0]
+        machine.put(i=0, how="right", late=True)  # the long URL still works
+        machine.model_invariants()
+    finally:
+        machine.teardown()  # settles; the document must end available, with no orphan
+    assert machine.status_after_teardown[doc.id] == DocumentStatus.AVAILABLE

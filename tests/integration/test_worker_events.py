@@ -1,0 +1,962 @@
+"""Event handling in-process against the real servers: idempotence, verification, deletes
+racing verification, the sweeper's jobs, and failures with backoff, dead events and retry.
+
+Time is driven with ``now=`` (relay, processor, sweeper), never with sleeps."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+from outbox import DocumentStatus, Outbox, Settings
+from outbox.constants import Topic
+from tests.support.core import ROOT, InlineWorker, dispatched_events, put, settings_env
+from tests.support.util import wait_for
+from tests.support.worker import (
+    ACCEPT_VERIFIED_SQL,
+    LOCK_EVENT_SQL,
+    Background,
+    after,
+    blob_exists,
+    body_of,
+    charged_sum,
+    confirm,
+    db_now,
+    doc_row,
+    drain_at,
+    events_of,
+    quota_row,
+    request,
+    row_locked,
+    s3_client,
+    upload,
+    wait_blocked,
+)
+from worker.events import EventProcessor, Outcome
+from worker.pool import make_pool
+from worker.relay import Relay
+from worker.storage import Storage
+from worker.sweeper import Sweeper
+
+Conn = psycopg.Connection[Any]
+
+
+def only_dispatched(settings: Settings, topic: str) -> tuple[int, int]:
+    rows = dispatched_events(settings, topic)
+    assert len(rows) == 1, rows
+    return rows[0]
+
+
+def assert_quota(settings: Settings, owner: str, used: int, reserved: int) -> None:
+    q = quota_row(settings, owner)
+    assert (q["used_bytes"], q["reserved_bytes"]) == (used, reserved), q
+    assert q["used_bytes"] == charged_sum(settings, owner)
+
+
+# -- the same event twice ----------------------------------------------------------------
+
+
+def test_verify_delivered_twice_charges_once(
+    outbox: Outbox, conn: Conn, settings: Settings, relay: Relay, processor: EventProcessor
+):
+    body = body_of(3000)
+    ticket = upload(outbox, conn, "alice", body)
+    relay.run_once()
+    event_id, attempt = only_dispatched(settings, "verify")
+
+    assert processor.process(event_id, attempt) == Outcome.DONE
+    assert processor.process(event_id, attempt) == Outcome.SKIPPED
+    doc = doc_row(settings, ticket.document.id)
+    assert doc["status"] == DocumentStatus.AVAILABLE
+    assert doc["charged_bytes"] == len(body)
+    assert_quota(settings, "alice", len(body), 0)
+    assert [e["status"] for e in events_of(settings, ticket.document.id)] == ["done"]
+
+
+def test_verify_stale_attempt_after_redispatch_changes_nothing(
+    outbox: Outbox, conn: Conn, settings: Settings, relay: Relay, processor: EventProcessor
+):
+    """The message of attempt 1 is lost (rescued and sent again as attempt 2); attempt 2 is
+    handled, then the late attempt-1 message arrives: nothing changes."""
+    body = body_of(2000)
+    ticket = upload(outbox, conn, "alice", body)
+    relay.run_once()
+    event_id, first = only_dispatched(settings, "verify")
+    later = after(db_now(settings), 60)
+    assert relay.rescue(now=later) == 1
+    relay.run_once(now=later)
+    assert only_dispatched(settings, "verify") == (event_id, first + 1)
+
+    assert processor.process(event_id, first + 1, now=later) == Outcome.DONE
+    assert processor.process(event_id, first, now=later) == Outcome.SKIPPED
+    assert processor.process(event_id, first + 1, now=later) == Outcome.SKIPPED
+    assert doc_row(settings, ticket.document.id)["status"] == DocumentStatus.AVAILABLE
+    assert_quota(settings, "alice", len(body), 0)
+
+
+def test_concurrent_duplicate_rejection_queues_one_purge(
+    outbox: Outbox, conn: Conn, settings: Settings, relay: Relay, processor: EventProcessor
+):
+    """Two handlers of one verify event both HEAD the object, then race for the locks: one
+    rejects and queues a purge, the other changes nothing."""
+    body = body_of(1500)
+    ticket = upload(outbox, conn, "alice", body)
+    key = ticket.document.object_key
+    other = body_of(1500)  # same size, other bytes: only the SHA-256 differs
+    s3_client(settings).put_object(
+        Bucket=settings.s3_bucket, Key=key, Body=other, ContentType="application/pdf"
+    )
+    relay.run_once()
+    event_id, attempt = only_dispatched(settings, "verify")
+
+    with row_locked(settings, "events", event_id) as holder:
+        runs = [Background(lambda: processor.process(event_id, attempt)) for _ in range(2)]
+        wait_blocked(settings, LOCK_EVENT_SQL, count=2)
+        holder.rollback()
+        outcomes = sorted(r.join() for r in runs)
+    assert outcomes == sorted([Outcome.DONE, Outcome.SKIPPED])
+
+    doc = doc_row(settings, ticket.document.id)
+    assert doc["status"] == DocumentStatus.REJECTED
+    assert "sha256" in (doc["reason"] or "")
+    purges = events_of(settings, ticket.document.id, "purge")
+    assert len(purges) == 1, purges
+    assert_quota(settings, "alice", 0, 0)
+
+
+def test_concurrent_duplicate_acceptance_charges_once(
+    outbox: Outbox, conn: Conn, settings: Settings, relay: Relay, processor: EventProcessor
+):
+    body = body_of(4321)
+    ticket = upload(outbox, conn, "alice", body)
+    relay.run_once()
+    event_id, attempt = only_dispatched(settings, "verify")
+    with row_locked(settings, "events", event_id) as holder:
+        runs = [Background(lambda: processor.process(event_id, attempt)) for _ in range(3)]
+        wait_blocked(settings, ACCEPT_VERIFIED_SQL, count=3)
+        holder.rollback()
+        outcomes = [r.join() for r in runs]
+    assert sorted(outcomes) == sorted([Outcome.DONE, Outcome.SKIPPED, Outcome.SKIPPED])
+    assert doc_row(settings, ticket.document.id)["status"] == DocumentStatus.AVAILABLE
+    assert_quota(settings, "alice", len(body), 0)
+    assert events_of(settings, ticket.document.id, "purge") == []
+
+
+def test_purge_delivered_twice_deletes_once(
+    outbox: Outbox,
+    conn: Conn,
+    settings: Settings,
+    inline_worker: InlineWorker,
+    relay: Relay,
+    processor: EventProcessor,
+):
+    body = body_of(2500)
+    ticket = upload(outbox, conn, "alice", body)
+    inline_worker.drain()
+    outbox.delete(conn, owner_id="alice", document_id=ticket.document.id)
+    conn.commit()
+    relay.run_once()
+    event_id, attempt = only_dispatched(settings, "purge")
+    assert processor.process(event_id, attempt) == Outcome.DONE
+    assert processor.process(event_id, attempt) == Outcome.SKIPPED
+
+    doc = doc_row(settings, ticket.document.id)
+    assert doc["status"] == DocumentStatus.DELETED
+    assert not blob_exists(settings, ticket.document.object_key)
+    assert_quota(settings, "alice", 0, 0)
+    purges = events_of(settings, ticket.document.id, "purge")
+    # The handled purge and exactly one follow-up for after the upload URL expires.
+    assert [p["status"] for p in purges] == ["done", "pending"]
+    grace = timedelta(seconds=settings.purge_grace_seconds)
+    assert purges[1]["available_at"] == doc["upload_expires_at"] + grace
+
+
+# -- verify ------------------------------------------------------------------------------
+
+
+# -- the relay's hint: declared fields in the verify message ---------------------------------
+
+
+def relay_hint(relay: Relay, event_id: int) -> dict[str, Any] | None:
+    """The hint the relay put in the event's message, read back from Redis."""
+    for message in sent_messages(relay):
+        if message.args[0] == event_id:
+            hint: dict[str, Any] | None = message.kwargs.get("hint")
+            return hint
+    raise AssertionError(f"no message for event {event_id}")
+
+
+def test_verify_with_the_relays_hint_accepts_once(
+    outbox: Outbox, conn: Conn, settings: Settings, relay: Relay, processor: EventProcessor
+):
+    body = body_of(2500)
+    ticket = upload(outbox, conn, "alice", body)
+    relay.run_once()
+    event_id, attempt = only_dispatched(settings, "verify")
+    hint = relay_hint(relay, event_id)
+    doc = doc_row(settings, ticket.document.id)
+    assert hint == {
+        "document_id": str(doc["id"]),
+        "trace_id": doc["trace_id"],
+        "object_key": doc["object_key"],
+        "declared_size": doc["declared_size"],
+        "sha256": doc["sha256"],
+        "content_type": doc["content_type"],
+    }
+
+    assert processor.process(event_id, attempt, hint=hint) == Outcome.DONE
+    assert processor.process(event_id, attempt, hint=hint) == Outcome.SKIPPED
+    assert processor.process(event_id, attempt) == Outcome.SKIPPED
+    doc = doc_row(settings, ticket.document.id)
+    assert (doc["status"], doc["charged_bytes"]) == (DocumentStatus.AVAILABLE, len(body))
+    assert_quota(settings, "alice", len(body), 0)
+    assert [e["status"] for e in events_of(settings, ticket.document.id)] == ["done"]
+
+
+def test_a_hint_naming_another_document_or_object_cannot_accept(
+    outbox: Outbox, conn: Conn, settings: Settings, relay: Relay, processor: EventProcessor
+):
+    """A wrong hint (stale, or forged into Redis) points the HEAD at a good object: the
+    database still decides, so a bad upload is rejected and the good one is untouched."""
+    good = body_of(1800)
+    good_ticket = upload(outbox, conn, "alice", good)
+    bad_ids = []
+    for _ in range(2):
+        bad = request(outbox, conn, "bob", body_of(1800))
+        s3_client(settings).put_object(
+            Bucket=settings.s3_bucket, Key=bad.document.object_key, Body=body_of(1800)
+        )
+        confirm(outbox, conn, "bob", bad.document.id)
+        bad_ids.append(bad.document.id)
+    relay.run_once()
+    events = {e["document_id"]: e["id"] for e in query_verify_events(settings)}
+    attempts = dict(dispatched_events(settings, "verify"))
+    good_hint = relay_hint(relay, events[good_ticket.document.id])
+    assert good_hint is not None
+    forged = {**good_hint, "document_id": str(bad_ids[1])}
+
+    # The good document's hint with a bad document's event; the good object's fields under
+    # the other bad document's id. Both are handled the general way: rejected.
+    for doc_id, hint in zip(bad_ids, (good_hint, forged), strict=True):
+        event_id = events[doc_id]
+        assert processor.process(event_id, attempts[event_id], hint=hint) == Outcome.DONE
+        assert doc_row(settings, doc_id)["status"] == DocumentStatus.REJECTED
+    assert doc_row(settings, good_ticket.document.id)["status"] == DocumentStatus.UPLOADED
+    assert_quota(settings, "bob", 0, 0)
+    assert_quota(settings, "alice", 0, len(good))
+
+
+@pytest.mark.parametrize(
+    "hint",
+    [{}, {"object_key": None}, {"declared_size": "many", "document_id": "x"}, {"sha256": 1}],
+)
+def test_a_malformed_hint_is_ignored(
+    outbox: Outbox,
+    conn: Conn,
+    settings: Settings,
+    relay: Relay,
+    processor: EventProcessor,
+    hint: dict[str, Any],
+):
+    body = body_of(900)
+    ticket = upload(outbox, conn, "alice", body)
+    relay.run_once()
+    event_id, attempt = only_dispatched(settings, "verify")
+    assert processor.process(event_id, attempt, hint=hint) == Outcome.DONE
+    assert doc_row(settings, ticket.document.id)["status"] == DocumentStatus.AVAILABLE
+    assert_quota(settings, "alice", len(body), 0)
+
+
+def sent_messages(relay: Relay) -> list[Any]:
+    """Every message the relay has put on the test's queue, decoded."""
+    from dramatiq import Message
+
+    broker: Any = relay.broker
+    stored = broker.client.hgetall(f"{broker.namespace}:{relay.settings.queue_name}.msgs")
+    return [Message.decode(data) for data in stored.values()]
+
+
+def test_a_backlog_is_packed_and_every_event_is_handled_once(
+    outbox: Outbox, conn: Conn, settings: Settings, relay: Relay, processor: EventProcessor
+):
+    """70 verify events claimed at once -> 35 messages of 2 (at least SPREAD_MESSAGES
+    messages); handled, every document is available once and each event done once."""
+    from worker.broker import VERIFY_MANY_ACTOR
+    from worker.relay import SPREAD_MESSAGES
+
+    bodies = [body_of(700 + i) for i in range(70)]
+    tickets = [upload(outbox, conn, f"owner-{i % 7}", b) for i, b in enumerate(bodies)]
+    assert relay.run_once() == 70
+    messages = sent_messages(relay)
+    assert {m.actor_name for m in messages} == {VERIFY_MANY_ACTOR}
+    assert len(messages) == 35 >= SPREAD_MESSAGES
+    items = [item for m in messages for item in m.args[0]]
+    dispatched = dict(dispatched_events(settings, "verify"))
+    assert sorted((i[0], i[1]) for i in items) == sorted(dispatched.items())
+    assert all(i[2]["object_key"] for i in items)
+
+    for m in messages:
+        assert processor.process_many(m.args[0]) == [Outcome.DONE] * len(m.args[0])
+    for m in messages[:3]:  # delivered again: nothing changes
+        assert processor.process_many(m.args[0]) == [Outcome.SKIPPED] * len(m.args[0])
+    for i, t in enumerate(tickets):
+        doc = doc_row(settings, t.document.id)
+        assert doc["status"] == DocumentStatus.AVAILABLE, doc
+        assert doc["charged_bytes"] == len(bodies[i])
+    for owner in {f"owner-{i % 7}" for i in range(70)}:
+        q = quota_row(settings, owner)
+        assert q["used_bytes"] == charged_sum(settings, owner) and q["reserved_bytes"] == 0
+
+
+def test_packing_follows_the_backlog_and_never_takes_a_rescued_event(
+    outbox: Outbox, conn: Conn, settings: Settings, relay: Relay, processor: EventProcessor
+):
+    """Small batches go one message per event until SPREAD_MESSAGES messages wait in Redis
+    (the workers are behind); then even small batches are packed. A rescued event always
+    gets a message of its own."""
+    from worker.broker import ACTOR_NAMES, VERIFY_MANY_ACTOR
+    from worker.relay import Relay as RelayClass
+
+    tickets = [upload(outbox, conn, "alice", body_of(900 + i)) for i in range(70)]
+    small = RelayClass(settings.model_copy(update={"relay_batch_size": 10}), relay.broker)
+    try:
+        while small.run_once():
+            pass
+    finally:
+        small.close()
+    messages = sent_messages(relay)
+    singles = [m for m in messages if m.actor_name == ACTOR_NAMES[Topic.VERIFY]]
+    packed = [m for m in messages if m.actor_name == VERIFY_MANY_ACTOR]
+    # Rounds of 10 with 0, 10, 20, 30 messages waiting: singles; then 40, 42, 44 waiting:
+    # each round of 10 packed as 8 + 2.
+    assert len(singles) == 40
+    assert sorted(len(m.args[0]) for m in packed) == [2, 2, 2, 8, 8, 8]
+
+    # Every message lost (never handled); the 70 events are rescued and sent again while
+    # the queue still looks long: one message each all the same.
+    relay.broker.client.delete(f"{relay.broker.namespace}:{settings.queue_name}.msgs")
+    later = after(db_now(settings), settings.redispatch_after_seconds + 5)
+    assert relay.rescue(now=later) == 70
+    relay.run_once(now=later)
+    resent = sent_messages(relay)
+    assert len(resent) == 70
+    assert {m.actor_name for m in resent} == {ACTOR_NAMES[Topic.VERIFY]}
+    for m in resent:
+        assert processor.process(*m.args, now=later, **m.kwargs) == Outcome.DONE
+    assert all(
+        doc_row(settings, t.document.id)["status"] == DocumentStatus.AVAILABLE for t in tickets
+    )
+
+
+def test_a_malformed_item_of_a_packed_message_is_skipped(
+    outbox: Outbox, conn: Conn, settings: Settings, relay: Relay, processor: EventProcessor
+):
+    body = body_of(1000)
+    ticket = upload(outbox, conn, "alice", body)
+    relay.run_once()
+    event_id, attempt = only_dispatched(settings, "verify")
+    items: list[Any] = [["x", 1, None], [1], "abc", None, [event_id, attempt, "not a hint"]]
+    assert processor.process_many(items) == [Outcome.DONE]
+    assert doc_row(settings, ticket.document.id)["status"] == DocumentStatus.AVAILABLE
+
+
+def query_verify_events(settings: Settings) -> list[dict[str, Any]]:
+    from tests.support.worker import query
+
+    return query(settings, "SELECT id, document_id FROM s3outbox.events WHERE topic = 'verify'")
+
+
+@pytest.mark.parametrize(
+    ("size", "reason"),
+    [(0, "sha256 mismatch"), (-700, "size mismatch"), (900, "size mismatch")],
+    ids=["same-length", "shorter", "longer"],
+)
+def test_verify_rejects_object_replaced_behind_our_back(
+    outbox: Outbox,
+    conn: Conn,
+    settings: Settings,
+    inline_worker: InlineWorker,
+    size: int,
+    reason: str,
+):
+    body = body_of(2000)
+    ticket = upload(outbox, conn, "alice", body, confirm=False)
+    key = ticket.document.object_key
+    assert blob_exists(settings, key)
+    replaced = body_of(len(body) + size)
+    s3_client(settings).put_object(
+        Bucket=settings.s3_bucket, Key=key, Body=replaced, ContentType="application/pdf"
+    )
+    confirm(outbox, conn, "alice", ticket.document.id)
+    assert quota_row(settings, "alice")["reserved_bytes"] == len(body)
+
+    inline_worker.drain()
+    doc = doc_row(settings, ticket.document.id)
+    assert doc["status"] == DocumentStatus.REJECTED
+    assert doc["reason"] and doc["reason"].startswith(reason), doc["reason"]
+    assert doc["verified_size"] == len(replaced)
+    assert_quota(settings, "alice", 0, 0)
+    assert [e["status"] for e in events_of(settings, doc["id"], "purge")][:1] == ["done"]
+    assert not blob_exists(settings, key)
+    assert doc_row(settings, doc["id"])["purged_at"] is not None
+
+
+def test_verify_rejects_replaced_object_with_its_own_valid_checksum(
+    outbox: Outbox, conn: Conn, settings: Settings, inline_worker: InlineWorker
+):
+    """The replacement carries a correct checksum of ITS bytes: still not what was declared."""
+    import base64
+    import hashlib
+
+    body = body_of(1200)
+    ticket = upload(outbox, conn, "alice", body, confirm=False)
+    other = body_of(1200)
+    s3_client(settings).put_object(
+        Bucket=settings.s3_bucket,
+        Key=ticket.document.object_key,
+        Body=other,
+        ContentType="application/pdf",
+        ChecksumSHA256=base64.b64encode(hashlib.sha256(other).digest()).decode(),
+    )
+    confirm(outbox, conn, "alice", ticket.document.id)
+    inline_worker.drain()
+    doc = doc_row(settings, ticket.document.id)
+    assert doc["status"] == DocumentStatus.REJECTED
+    assert "sha256 mismatch" in doc["reason"]
+    assert not blob_exists(settings, ticket.document.object_key)
+    assert_quota(settings, "alice", 0, 0)
+
+
+def test_verify_rejects_wrong_content_type(
+    outbox: Outbox, conn: Conn, settings: Settings, inline_worker: InlineWorker
+):
+    body = body_of(1000)
+    ticket = upload(outbox, conn, "alice", body, confirm=False)
+    # Same bytes (same size and hash), but stored as another type.
+    s3_client(settings).put_object(
+        Bucket=settings.s3_bucket,
+        Key=ticket.document.object_key,
+        Body=body,
+        ContentType="text/html",
+    )
+    confirm(outbox, conn, "alice", ticket.document.id)
+    inline_worker.drain()
+    doc = doc_row(settings, ticket.document.id)
+    assert doc["status"] == DocumentStatus.REJECTED
+    assert "content type" in doc["reason"]
+    assert_quota(settings, "alice", 0, 0)
+
+
+def test_verify_missing_object_snoozes_then_rejects_after_deadline(
+    outbox: Outbox,
+    conn: Conn,
+    settings: Settings,
+    relay: Relay,
+    processor: EventProcessor,
+    inline_worker: InlineWorker,
+):
+    body = body_of(1800)
+    ticket = request(outbox, conn, "alice", body)
+    confirm(outbox, conn, "alice", ticket.document.id)
+    confirmed_at = doc_row(settings, ticket.document.id)["confirmed_at"]
+
+    relay.run_once()
+    event_id, attempt = only_dispatched(settings, "verify")
+    early = after(confirmed_at, 1)
+    assert processor.process(event_id, attempt, now=early) == Outcome.SNOOZED
+    (event,) = events_of(settings, ticket.document.id)
+    assert event["status"] == "pending"
+    assert event["failures"] == 0
+    assert early < event["available_at"] <= after(confirmed_at, settings.verify_deadline_seconds)
+    assert "not visible" in (event["last_error"] or "")
+    assert doc_row(settings, ticket.document.id)["status"] == DocumentStatus.UPLOADED
+    # A late copy of the snoozed attempt cannot snooze it again or finish it.
+    assert processor.process(event_id, attempt, now=early) != Outcome.DONE
+
+    late = after(confirmed_at, settings.verify_deadline_seconds + 5)
+    outcomes = drain_at(settings, relay, processor, late)
+    assert Outcome.DONE in outcomes
+    doc = doc_row(settings, ticket.document.id)
+    assert doc["status"] == DocumentStatus.REJECTED
+    assert "not found" in doc["reason"]
+    assert_quota(settings, "alice", 0, 0)
+    verify = events_of(settings, ticket.document.id, "verify")
+    assert [(e["status"], e["failures"]) for e in verify] == [("done", 0)]
+    assert [e["status"] for e in events_of(settings, doc["id"], "purge")][:1] == ["done"]
+
+    # The client PUTs after the rejection with its still-valid URL: the follow-up purge
+    # (after the URL expires) removes it.
+    assert put(ticket, body).status_code == 200
+    assert blob_exists(settings, ticket.document.object_key)
+    grace = settings.purge_grace_seconds
+    drain_at(settings, relay, processor, after(doc["upload_expires_at"], grace + 1))
+    assert not blob_exists(settings, ticket.document.object_key)
+
+
+def test_verify_eventually_consistent_put_after_confirm(
+    outbox: Outbox,
+    conn: Conn,
+    settings: Settings,
+    inline_worker: InlineWorker,
+):
+    body = body_of(2222)
+    ticket = request(outbox, conn, "alice", body)
+    confirm(outbox, conn, "alice", ticket.document.id)
+    inline_worker.step()
+    assert inline_worker.outcomes == [Outcome.SNOOZED]
+    assert doc_row(settings, ticket.document.id)["status"] == DocumentStatus.UPLOADED
+
+    assert put(ticket, body).status_code == 200
+
+    def available() -> bool:
+        inline_worker.step()
+        return doc_row(settings, ticket.document.id)["status"] == DocumentStatus.AVAILABLE
+
+    wait_for(available, timeout=settings.verify_deadline_seconds + 5, interval=0.05)
+    (event,) = events_of(settings, ticket.document.id)
+    assert (event["status"], event["failures"]) == ("done", 0)
+    assert_quota(settings, "alice", len(body), 0)
+
+
+# -- deletes -----------------------------------------------------------------------------
+
+
+def test_delete_while_verify_in_flight(
+    outbox: Outbox,
+    conn: Conn,
+    settings: Settings,
+    relay: Relay,
+    processor: EventProcessor,
+    inline_worker: InlineWorker,
+):
+    """The verify handler has seen the (matching) object and waits for its locks; the delete
+    commits meanwhile. The verify must change nothing; the purge finishes the delete."""
+    body = body_of(3300)
+    ticket = upload(outbox, conn, "alice", body)
+    relay.run_once()
+    event_id, attempt = only_dispatched(settings, "verify")
+
+    with row_locked(settings, "events", event_id) as holder:
+        run = Background(lambda: processor.process(event_id, attempt))
+        # HEAD done (the object matches), waiting for the event lock
+        wait_blocked(settings, ACCEPT_VERIFIED_SQL)
+        outbox.delete(conn, owner_id="alice", document_id=ticket.document.id)
+        conn.commit()
+        holder.rollback()
+        assert run.join() == Outcome.DONE
+
+    doc = doc_row(settings, ticket.document.id)
+    assert doc["status"] == DocumentStatus.DELETING
+    assert doc["charged_bytes"] == 0
+    assert_quota(settings, "alice", 0, 0)
+    assert blob_exists(settings, ticket.document.object_key)  # not before the purge
+
+    inline_worker.drain()
+    doc = doc_row(settings, ticket.document.id)
+    assert doc["status"] == DocumentStatus.DELETED
+    assert not blob_exists(settings, ticket.document.object_key)
+    assert_quota(settings, "alice", 0, 0)
+
+
+def test_delete_pending_upload_releases_reservation(
+    outbox: Outbox, conn: Conn, settings: Settings, inline_worker: InlineWorker
+):
+    body = body_of(5000)
+    ticket = request(outbox, conn, "alice", body)
+    assert_quota(settings, "alice", 0, len(body))
+    outbox.delete(conn, owner_id="alice", document_id=ticket.document.id)
+    conn.commit()
+    assert doc_row(settings, ticket.document.id)["status"] == DocumentStatus.DELETING
+    assert_quota(settings, "alice", 0, 0)
+    inline_worker.drain()
+    doc = doc_row(settings, ticket.document.id)
+    assert doc["status"] == DocumentStatus.DELETED
+    assert doc["purged_at"] is not None
+    assert_quota(settings, "alice", 0, 0)
+
+
+def test_late_put_after_delete_is_purged_after_url_expiry(
+    outbox: Outbox,
+    conn: Conn,
+    settings: Settings,
+    relay: Relay,
+    processor: EventProcessor,
+    inline_worker: InlineWorker,
+):
+    body = body_of(2048)
+    ticket = request(outbox, conn, "alice", body)
+    key = ticket.document.object_key
+    outbox.delete(conn, owner_id="alice", document_id=ticket.document.id)
+    conn.commit()
+    inline_worker.drain()
+    doc = doc_row(settings, ticket.document.id)
+    assert doc["status"] == DocumentStatus.DELETED
+
+    # The client still holds a valid URL and uploads after the delete.
+    assert put(ticket, body).status_code == 200
+    assert blob_exists(settings, key)
+
+    recheck = after(doc["upload_expires_at"], settings.purge_grace_seconds)
+    # Before the follow-up is due nothing touches the late blob...
+    drain_at(settings, relay, processor, recheck - timedelta(seconds=1))
+    assert blob_exists(settings, key)
+    # ...and after it, the follow-up purge removes it, without queueing another one.
+    outcomes = drain_at(settings, relay, processor, recheck + timedelta(seconds=1))
+    assert outcomes == [Outcome.DONE]
+    assert not blob_exists(settings, key)
+    assert doc_row(settings, doc["id"])["status"] == DocumentStatus.DELETED
+    purges = events_of(settings, doc["id"], "purge")
+    assert [p["status"] for p in purges] == ["done", "done"]
+    assert_quota(settings, "alice", 0, 0)
+
+
+# -- sweeper -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sweeper(settings: Settings):
+    s = Sweeper(settings)
+    yield s
+    s.close()
+
+
+def test_lost_confirm_ends_available(
+    outbox: Outbox,
+    conn: Conn,
+    settings: Settings,
+    sweeper: Sweeper,
+    relay: Relay,
+    processor: EventProcessor,
+):
+    body = body_of(3100)
+    ticket = upload(outbox, conn, "alice", body, confirm=False)
+    expires = doc_row(settings, ticket.document.id)["upload_expires_at"]
+    grace = settings.purge_grace_seconds
+
+    assert sweeper.run_job("expire_abandoned", now=after(expires, grace - 0.5)) == 0
+    now = after(expires, grace + 1)
+    assert sweeper.run_job("expire_abandoned", now=now) == 1
+    assert sweeper.run_job("expire_abandoned", now=now) == 0  # one expire event only
+    drain_at(settings, relay, processor, now)
+
+    doc = doc_row(settings, ticket.document.id)
+    assert doc["status"] == DocumentStatus.AVAILABLE
+    assert doc["verified_size"] == len(body)
+    assert_quota(settings, "alice", len(body), 0)
+    assert blob_exists(settings, ticket.document.object_key)
+    assert [e["status"] for e in events_of(settings, doc["id"])] == ["done"]
+
+
+def test_abandoned_upload_expires(
+    outbox: Outbox,
+    conn: Conn,
+    settings: Settings,
+    sweeper: Sweeper,
+    relay: Relay,
+    processor: EventProcessor,
+):
+    body = body_of(4000)
+    ticket = request(outbox, conn, "alice", body)
+    assert_quota(settings, "alice", 0, len(body))
+    expires = doc_row(settings, ticket.document.id)["upload_expires_at"]
+    now = after(expires, settings.purge_grace_seconds + 1)
+    assert sweeper.run_job("expire_abandoned", now=now) == 1
+    drain_at(settings, relay, processor, now)
+    doc = doc_row(settings, ticket.document.id)
+    assert doc["status"] == DocumentStatus.EXPIRED
+    assert "no object" in doc["reason"]
+    assert_quota(settings, "alice", 0, 0)
+
+
+def test_abandoned_upload_with_wrong_object_expires_and_is_purged(
+    outbox: Outbox,
+    conn: Conn,
+    settings: Settings,
+    sweeper: Sweeper,
+    relay: Relay,
+    processor: EventProcessor,
+):
+    body = body_of(4000)
+    ticket = request(outbox, conn, "alice", body)
+    key = ticket.document.object_key
+    s3_client(settings).put_object(
+        Bucket=settings.s3_bucket, Key=key, Body=body_of(3999), ContentType="application/pdf"
+    )
+    expires = doc_row(settings, ticket.document.id)["upload_expires_at"]
+    now = after(expires, settings.purge_grace_seconds + 1)
+    assert sweeper.run_job("expire_abandoned", now=now) == 1
+    drain_at(settings, relay, processor, now)
+    doc = doc_row(settings, ticket.document.id)
+    assert doc["status"] == DocumentStatus.EXPIRED
+    assert "size mismatch" in doc["reason"]
+    assert not blob_exists(settings, key)
+    assert_quota(settings, "alice", 0, 0)
+    assert [e["topic"] for e in events_of(settings, doc["id"])] == ["expire", "purge"]
+    assert {e["status"] for e in events_of(settings, doc["id"])} == {"done"}
+
+
+def test_expire_skips_upload_whose_url_was_refreshed(
+    outbox: Outbox,
+    conn: Conn,
+    settings: Settings,
+    sweeper: Sweeper,
+    relay: Relay,
+    processor: EventProcessor,
+):
+    """The sweeper queued an expire, then the client asked again for the same content and
+    got a fresh URL: the expire must leave the upload pending."""
+    body = body_of(1000)
+    ticket = request(outbox, conn, "alice", body)
+    expires = doc_row(settings, ticket.document.id)["upload_expires_at"]
+    now = after(expires, settings.purge_grace_seconds + 1)
+    assert sweeper.run_job("expire_abandoned", now=now) == 1
+    again = request(outbox, conn, "alice", body, now=now)
+    assert again.document.id == ticket.document.id and again.url
+    drain_at(settings, relay, processor, now)
+    assert doc_row(settings, ticket.document.id)["status"] == DocumentStatus.PENDING
+    assert_quota(settings, "alice", 0, len(body))
+
+
+def test_prune_done_removes_only_old_done_events(
+    outbox: Outbox,
+    conn: Conn,
+    settings: Settings,
+    sweeper: Sweeper,
+    relay: Relay,
+    processor: EventProcessor,
+    inline_worker: InlineWorker,
+):
+    old = upload(outbox, conn, "alice", body_of(1000))
+    inline_worker.drain()  # its verify event finishes now
+    t0 = db_now(settings)
+    newer = upload(outbox, conn, "alice", body_of(1001))
+    drain_at(settings, relay, processor, after(t0, 2 * 86400))  # finishes two days later
+    waiting = request(outbox, conn, "alice", body_of(1002))
+    confirm(outbox, conn, "alice", waiting.document.id)  # a pending verify event
+
+    retention = settings.done_retention_seconds
+    assert sweeper.run_job("prune_done", now=after(t0, retention - 60)) == 0
+    assert sweeper.run_job("prune_done", now=after(t0, retention + 60)) == 1
+    assert events_of(settings, old.document.id) == []
+    assert [e["status"] for e in events_of(settings, newer.document.id)] == ["done"]
+    assert [e["status"] for e in events_of(settings, waiting.document.id)] == ["pending"]
+    # Pending and dispatched events are never pruned, however old.
+    relay.run_once()
+    far = after(t0, 10 * retention)
+    assert sweeper.run_job("prune_done", now=far) == 1
+    assert [e["status"] for e in events_of(settings, waiting.document.id)] == ["dispatched"]
+
+
+def test_rescue_stale_returns_dispatched_events_to_pending(
+    outbox: Outbox,
+    conn: Conn,
+    settings: Settings,
+    sweeper: Sweeper,
+    relay: Relay,
+    processor: EventProcessor,
+):
+    ticket = upload(outbox, conn, "alice", body_of(1000))
+    relay.run_once()
+    event_id, attempt = only_dispatched(settings, "verify")
+    (event,) = events_of(settings, ticket.document.id)
+    stale_after = settings.redispatch_after_seconds
+    assert sweeper.run_job("rescue_stale", now=after(event["dispatched_at"], stale_after - 1)) == 0
+    later = after(event["dispatched_at"], stale_after + 1)
+    assert sweeper.run_job("rescue_stale", now=later) == 1
+    (event,) = events_of(settings, ticket.document.id)
+    assert (event["status"], event["attempts"], event["failures"]) == ("pending", 1, 0)
+    assert event["available_at"] == later
+    relay.run_once(now=later)
+    assert only_dispatched(settings, "verify") == (event_id, attempt + 1)
+    assert processor.process(event_id, attempt + 1, now=later) == Outcome.DONE
+    assert doc_row(settings, ticket.document.id)["status"] == DocumentStatus.AVAILABLE
+
+
+def test_rescue_gives_up_on_an_event_that_never_finishes(
+    outbox: Outbox, conn: Conn, make_settings: Any, settings: Settings, relay: Relay
+):
+    """An event whose worker dies every time is dead after being lost max_failures times."""
+    few = make_settings(max_failures=3)
+    sweeper = Sweeper(few)
+    try:
+        ticket = upload(outbox, conn, "alice", body_of(1000))
+        now = db_now(settings)
+        for _ in range(3):
+            relay.run_once(now=now)
+            now = after(now, settings.redispatch_after_seconds + 1)
+            sweeper.run_job("rescue_stale", now=now)
+        (event,) = events_of(settings, ticket.document.id)
+        assert (event["status"], event["attempts"], event["rescues"]) == ("dead", 3, 3)
+        assert "gave up" in event["last_error"]
+    finally:
+        sweeper.close()
+
+
+# -- failures ----------------------------------------------------------------------------
+
+SECRET = "Sekr3t-" + os.urandom(8).hex()
+
+
+@pytest.fixture
+def failing_processor(make_settings: Any, settings: Settings):
+    """A processor whose storage credentials are wrong: every S3 call fails (403)."""
+    bad = make_settings(s3_secret_access_key=SECRET, max_failures=3)
+    pool = make_pool(bad, max_size=2)
+    yield EventProcessor(bad, pool, Storage(bad))
+    pool.close()
+
+
+@pytest.mark.parametrize("topic", ["verify", "purge"])
+def test_storage_failure_retries_with_backoff_then_dead_then_cli_retry(
+    outbox: Outbox,
+    conn: Conn,
+    settings: Settings,
+    relay: Relay,
+    failing_processor: EventProcessor,
+    inline_worker: InlineWorker,
+    topic: str,
+):
+    body = body_of(1500)
+    ticket = upload(outbox, conn, "alice", body)
+    if topic == "purge":
+        inline_worker.drain()
+        outbox.delete(conn, owner_id="alice", document_id=ticket.document.id)
+        conn.commit()
+    doc_id = ticket.document.id
+    now = db_now(settings)
+    max_failures = failing_processor.settings.max_failures
+    for failures in range(1, max_failures + 1):
+        relay.run_once(now=now)
+        event_id, attempt = only_dispatched(settings, topic)
+        outcome = failing_processor.process(event_id, attempt, now=now)
+        (event,) = events_of(settings, doc_id, topic)
+        assert event["failures"] == failures
+        assert event["last_error"], event
+        assert SECRET not in event["last_error"]
+        assert "X-Amz-Signature=" not in event["last_error"]
+        if failures < max_failures:
+            assert outcome == Outcome.RETRY
+            assert event["status"] == "pending"
+            assert event["available_at"] > now
+            # A stale copy of the failed attempt cannot count a second failure.
+            assert failing_processor.process(event_id, attempt, now=now) == Outcome.STALE
+            assert events_of(settings, doc_id, topic)[0]["failures"] == failures
+            now = event["available_at"]
+        else:
+            assert outcome == Outcome.DEAD
+            assert event["status"] == "dead"
+            assert event["finished_at"] is not None
+    dead = events_of(settings, doc_id, topic)[0]
+    assert "403" in dead["last_error"] or "Signature" in dead["last_error"]
+    # The document did not move while its event failed.
+    expected = DocumentStatus.UPLOADED if topic == "verify" else DocumentStatus.DELETING
+    assert doc_row(settings, doc_id)["status"] == expected
+    # Nothing picks up a dead event.
+    assert relay.run_once(now=after(now, 3600)) == 0
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("S3OUTBOX_")}
+    env.update(settings_env(settings))
+    env["PYTHONPATH"] = str(ROOT)
+    cli = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "events", "retry", "--dead"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert "1 events back to pending" in cli.stdout
+    retried = events_of(settings, doc_id, topic)[0]
+    # attempts is not reset: a message still in flight from before cannot pass for a new one.
+    assert (retried["status"], retried["failures"], retried["rescues"]) == ("pending", 0, 0)
+    assert retried["finished_at"] is None
+
+    inline_worker.drain()  # storage works again for the real processor
+    doc = doc_row(settings, doc_id)
+    if topic == "verify":
+        assert doc["status"] == DocumentStatus.AVAILABLE
+        assert_quota(settings, "alice", len(body), 0)
+    else:
+        assert doc["status"] == DocumentStatus.DELETED
+        assert not blob_exists(settings, ticket.document.object_key)
+        assert_quota(settings, "alice", 0, 0)
+    assert events_of(settings, doc_id, topic)[0]["status"] == "done"
+
+
+def test_a_missing_bucket_is_a_failure_not_a_missing_object(
+    outbox: Outbox, conn: Conn, make_settings: Any, settings: Settings, relay: Relay
+):
+    """Workers pointed at a wrong bucket must not reject good uploads as "not found"."""
+    ticket = upload(outbox, conn, "alice", body_of(700))
+    wrong = make_settings(s3_bucket="no-such-bucket-" + uuid.uuid4().hex[:8])
+    pool = make_pool(wrong, max_size=2)
+    try:
+        relay.run_once()
+        ((event_id, attempt),) = dispatched_events(settings, "verify")
+        outcome = EventProcessor(wrong, pool, Storage(wrong)).process(event_id, attempt)
+    finally:
+        pool.close()
+    assert outcome == Outcome.RETRY
+    assert doc_row(settings, ticket.document.id)["status"] == DocumentStatus.UPLOADED
+    (event,) = events_of(settings, ticket.document.id, "verify")
+    assert "BucketMissing" in event["last_error"]
+
+
+def test_relay_pipeline_stores_messages_as_dramatiq_enqueue(relay: Relay) -> None:
+    """The relay's one-pipeline send stores each message exactly as RedisBroker.enqueue."""
+    from dramatiq import Message
+
+    broker: Any = relay.broker
+    queue = f"pipeline-test-{uuid.uuid4().hex[:8]}"
+    key = f"{broker.namespace}:{queue}"
+
+    def message(i: int, options: dict[str, Any]) -> Message[Any]:
+        return Message(queue_name=queue, actor_name="a", args=(i, 0), kwargs={}, options=options)
+
+    try:
+        theirs = broker.enqueue(message(0, {}))
+        ours = [message(i, {"redis_message_id": str(uuid.uuid4())}) for i in (1, 2, 3)]
+        relay._send(ours)
+        ids = [i.decode() for i in broker.client.lrange(key, 0, -1)]
+        assert ids == [m.options["redis_message_id"] for m in [theirs, *ours]]
+        stored = broker.client.hgetall(f"{key}.msgs")
+        for m in [theirs, *ours]:
+            assert stored[m.options["redis_message_id"].encode()] == m.encode()
+        shape = Message.decode(stored[ids[0].encode()]).asdict()
+        mine = Message.decode(stored[ids[1].encode()]).asdict()
+        assert set(mine) == set(shape)
+        assert set(mine["options"]) == set(shape["options"]) == {"redis_message_id"}
+    finally:
+        broker.client.delete(key, f"{key}.msgs")
+
+
+def test_pool_check_reconnects_after_backend_terminated(settings: Settings) -> None:
+    """The quiet-socket check still catches a connection the server closed: the next
+    checkout gets a working connection, not an error."""
+    pool = make_pool(settings, max_size=1)
+    try:
+        with pool.connection() as c:
+            pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+        with psycopg.connect(settings.database_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        wait_for(lambda: _socket_readable(pool), timeout=5)
+        with pool.connection() as c:
+            new_pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+        assert new_pid != pid
+    finally:
+        pool.close()
+
+
+def _socket_readable(pool: Any) -> bool:
+    import select
+
+    conn = pool._pool[0]
+    return bool(select.select([conn.fileno()], [], [], 0)[0])

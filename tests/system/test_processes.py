@@ -1,0 +1,337 @@
+"""The real processes: relay, ``dramatiq worker.actors`` and sweeper as child processes with
+the test's settings, against the real servers, including crashes and server restarts."""
+
+from __future__ import annotations
+
+import re
+import signal
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from outbox import DocumentStatus, Outbox, Settings
+from tests.support.core import Processes
+from tests.support.worker import (
+    ACCEPT_VERIFIED_SQL,
+    LOCK_DOCUMENT_SQL,
+    NamedProcesses,
+    all_events,
+    all_in,
+    blob_exists,
+    body_of,
+    charged_sum,
+    dead_events,
+    outbox_idle,
+    quota_row,
+    request,
+    row_locked,
+    statuses,
+    tails,
+    upload,
+    wait_procs,
+)
+from worker.embedded import EmbeddedStack
+
+pytestmark = pytest.mark.slow
+Conn = psycopg.Connection[Any]
+
+
+def upload_many(outbox: Outbox, conn: Conn, owner: str, n: int, size: int = 2000) -> list[Any]:
+    return [upload(outbox, conn, owner, body_of(size + i)).document.id for i in range(n)]
+
+
+def assert_quota_consistent(settings: Settings, owner: str, processes: Processes) -> None:
+    q = quota_row(settings, owner)
+    charged = charged_sum(settings, owner)
+    assert q["used_bytes"] == charged and q["reserved_bytes"] == 0, (
+        f"{q} charged={charged}\n{tails(processes)}"
+    )
+
+
+def assert_nothing_lost(settings: Settings, processes: Processes) -> None:
+    """Every event done, or pending for later (follow-up purges); none dead or dispatched."""
+    dead = dead_events(settings)
+    assert dead == [], f"dead events: {dead}\n{tails(processes)}"
+    assert outbox_idle(settings), tails(processes)
+
+
+def test_full_lifecycle(
+    outbox: Outbox, conn: Conn, settings: Settings, processes: Processes
+) -> None:
+    processes.start("relay", "worker", "sweeper")
+    alice = upload_many(outbox, conn, "alice", 4)
+    bob = upload_many(outbox, conn, "bob", 3, size=3000)
+    wait_procs(
+        processes,
+        lambda: all_in(settings, alice + bob, DocumentStatus.AVAILABLE),
+        timeout=60,
+        what="all documents available",
+    )
+    for owner in ("alice", "bob"):
+        assert_quota_consistent(settings, owner, processes)
+    assert quota_row(settings, "alice")["used_bytes"] == sum(2000 + i for i in range(4))
+
+    gone = [alice[0], alice[2], bob[1]]
+    keys = {}
+    for doc_id in gone:
+        owner = "alice" if doc_id in alice else "bob"
+        keys[doc_id] = outbox.delete(conn, owner_id=owner, document_id=doc_id).object_key
+    conn.commit()
+    wait_procs(
+        processes,
+        lambda: all_in(settings, gone, DocumentStatus.DELETED),
+        timeout=60,
+        what="deleted documents",
+    )
+    assert not any(blob_exists(settings, key) for key in keys.values())
+    kept = [d for d in alice + bob if d not in gone]
+    assert all_in(settings, kept, DocumentStatus.AVAILABLE)
+    for doc_id in kept:
+        doc = outbox.get(conn, owner_id="alice" if doc_id in alice else "bob", document_id=doc_id)
+        assert blob_exists(settings, doc.object_key)
+    conn.commit()
+    for owner in ("alice", "bob"):
+        assert_quota_consistent(settings, owner, processes)
+    assert quota_row(settings, "alice")["used_bytes"] == 2001 + 2003
+    wait_procs(processes, lambda: outbox_idle(settings), timeout=30, what="an idle outbox")
+    assert_nothing_lost(settings, processes)
+
+
+def test_worker_sigkill_mid_task(
+    outbox: Outbox, conn: Conn, settings: Settings, processes: Processes
+) -> None:
+    """The purge actor has deleted the blob and is blocked on the document's row lock (held
+    by the test) inside its transaction when its worker is SIGKILLed: nothing was committed.
+    The event is sent again and a new worker finishes it: nothing is lost."""
+    ticket = upload(outbox, conn, "alice", body_of(2500))
+    doc_id = ticket.document.id
+    processes.start("relay", "worker")
+    wait_procs(
+        processes,
+        lambda: all_in(settings, [doc_id], DocumentStatus.AVAILABLE),
+        timeout=60,
+        what="the document available",
+    )
+    processes.stop("worker")
+    outbox.delete(conn, owner_id="alice", document_id=doc_id)
+    conn.commit()
+    with row_locked(settings, "documents", doc_id) as holder:
+        processes.start("worker")
+        wait_procs(
+            processes,
+            lambda: _blocked(settings),
+            timeout=60,
+            what="the purge actor blocked on the document lock",
+        )
+        processes.kill("worker", signal.SIGKILL)
+        holder.rollback()
+    assert statuses(settings, [doc_id]) == {str(doc_id): DocumentStatus.DELETING}
+    processes.start("worker")
+    wait_procs(
+        processes,
+        lambda: all_in(settings, [doc_id], DocumentStatus.DELETED) and outbox_idle(settings),
+        timeout=60,
+        what="the document deleted after the worker was killed",
+    )
+    # The first purge; a second one waits for the upload URL to expire (invariant 7).
+    purge = min((e for e in all_events(settings) if e["topic"] == "purge"), key=lambda e: e["id"])
+    assert purge["status"] == "done" and purge["failures"] == 0, purge
+    assert purge["attempts"] >= 2, purge  # it was sent again after the kill
+    assert not blob_exists(settings, ticket.document.object_key)
+    assert_quota_consistent(settings, "alice", processes)
+
+
+def test_worker_sigkill_with_its_verify_transaction_sent(
+    outbox: Outbox, conn: Conn, settings: Settings, processes: Processes
+) -> None:
+    """A matching verify ends in one statement (s3outbox.accept_verified), its own
+    transaction. Killed while that statement waits on a lock, the worker is gone but the
+    server has the whole statement: it commits as one unit when the lock is released. The
+    document is available exactly once and its quota charged once."""
+    body = body_of(2700)
+    ticket = upload(outbox, conn, "alice", body)
+    doc_id = ticket.document.id
+    with row_locked(settings, "documents", doc_id) as holder:
+        processes.start("relay", "worker")
+        wait_procs(
+            processes,
+            lambda: _blocked(settings),
+            timeout=60,
+            what="the verify actor blocked on the document lock",
+        )
+        processes.kill("worker", signal.SIGKILL)
+        holder.rollback()
+    wait_procs(
+        processes,
+        lambda: all_in(settings, [doc_id], DocumentStatus.AVAILABLE) and outbox_idle(settings),
+        timeout=60,
+        what="the killed worker's transaction committed",
+    )
+    (event,) = all_events(settings)
+    assert event["status"] == "done" and event["failures"] == 0, event
+    assert quota_row(settings, "alice")["used_bytes"] == len(body)
+    assert_quota_consistent(settings, "alice", processes)
+
+
+def _blocked(settings: Settings) -> bool:
+    from tests.support.worker import lock_waiters
+
+    waiting = lock_waiters(settings, LOCK_DOCUMENT_SQL)
+    return waiting + lock_waiters(settings, ACCEPT_VERIFIED_SQL) >= 1
+
+
+def _dispatched_all(settings: Settings, topic: str, n: int) -> bool:
+    rows = [e for e in all_events(settings) if e["topic"] == topic]
+    return len(rows) == n and all(e["status"] == "dispatched" for e in rows)
+
+
+def test_redis_flushed_with_events_in_flight(
+    outbox: Outbox,
+    conn: Conn,
+    settings: Settings,
+    processes: Processes,
+    embedded_stack: EmbeddedStack,
+) -> None:
+    """Messages are on Redis (no worker consumes yet) when Redis loses everything: the
+    relay's rescue sends them again and every document still ends where it should."""
+    processes.start("relay", "sweeper")
+    docs = upload_many(outbox, conn, "alice", 5)
+    wait_procs(
+        processes,
+        lambda: _dispatched_all(settings, "verify", 5),
+        timeout=30,
+        what="5 verify events dispatched",
+    )
+    embedded_stack.valkey.flushall()
+    processes.start("worker")
+    wait_procs(
+        processes,
+        lambda: all_in(settings, docs, DocumentStatus.AVAILABLE),
+        timeout=60,
+        what="all documents available after FLUSHALL",
+    )
+
+    processes.stop("worker")
+    gone = docs[:2]
+    for doc_id in gone:
+        outbox.delete(conn, owner_id="alice", document_id=doc_id)
+    conn.commit()
+    wait_procs(
+        processes,
+        lambda: _purges_dispatched(settings, 2),
+        timeout=30,
+        what="2 purge events dispatched",
+    )
+    embedded_stack.valkey.flushall()
+    processes.start("worker")
+    wait_procs(
+        processes,
+        lambda: all_in(settings, gone, DocumentStatus.DELETED) and outbox_idle(settings),
+        timeout=60,
+        what="deleted documents after FLUSHALL",
+    )
+    assert all_in(settings, docs[2:], DocumentStatus.AVAILABLE)
+    assert_nothing_lost(settings, processes)
+    assert max(e["attempts"] for e in all_events(settings)) >= 2  # rescue did the work
+    assert_quota_consistent(settings, "alice", processes)
+
+
+def _purges_dispatched(settings: Settings, n: int) -> bool:
+    rows = [e for e in all_events(settings) if e["topic"] == "purge"]
+    return len(rows) == n and all(e["status"] == "dispatched" for e in rows)
+
+
+def test_relay_sigterm_exits_cleanly_and_another_takes_over(
+    outbox: Outbox, conn: Conn, settings: Settings, processes: Processes
+) -> None:
+    processes.start("relay")
+    wait_procs(
+        processes,
+        lambda: "relay started" in processes.log("relay"),
+        timeout=30,
+        what="the relay to start",
+    )
+    proc = processes.procs["relay"]
+    processes.stop("relay")
+    assert proc.returncode == 0, tails(processes)
+    assert "relay stopped" in processes.log("relay")
+
+    docs = upload_many(outbox, conn, "alice", 3)
+    assert {e["status"] for e in all_events(settings)} == {"pending"}
+    processes.start("relay", "worker")
+    wait_procs(
+        processes,
+        lambda: all_in(settings, docs, DocumentStatus.AVAILABLE) and outbox_idle(settings),
+        timeout=60,
+        what="a new relay to dispatch the pending events",
+    )
+    assert_nothing_lost(settings, processes)
+    assert {e["attempts"] for e in all_events(settings)} == {1}
+
+
+def test_two_relays_never_dispatch_one_event_twice(
+    outbox: Outbox,
+    conn: Conn,
+    make_settings: Any,
+    settings: Settings,
+    tmp_path: Path,
+) -> None:
+    small = make_settings(relay_batch_size=3, log_level="DEBUG")
+    procs = NamedProcesses(small, logdir=tmp_path)
+    try:
+        procs.start("relay", "relay2", "worker")
+        for name in ("relay", "relay2"):
+            wait_procs(
+                procs,
+                lambda name=name: "relay started" in procs.log(name),
+                timeout=30,
+                what=f"{name} to start",
+            )
+        # A burst: 40 purge events committed at once wake both relays together.
+        docs = [request(outbox, conn, "alice", body_of(1000 + i)).document.id for i in range(40)]
+        for doc_id in docs:
+            outbox.delete(conn, owner_id="alice", document_id=doc_id)
+        conn.commit()
+        wait_procs(
+            procs,
+            lambda: all_in(settings, docs, DocumentStatus.DELETED) and outbox_idle(settings),
+            timeout=60,
+            what="40 deletes purged",
+        )
+        events = all_events(settings)
+        dispatched = [e for e in events if e["dispatched_at"] is not None]
+        assert len(dispatched) == 40
+        assert {e["attempts"] for e in dispatched} == {1}, tails(procs)
+        assert {e["failures"] for e in events} == {0}
+        # Both relays took part in the burst (their DEBUG line per batch).
+        for name in ("relay", "relay2"):
+            assert re.search(r"dispatched \d+ events", procs.log(name)), tails(procs)
+    finally:
+        procs.stop_all()
+
+
+def test_postgres_restart_while_processes_run(
+    outbox: Outbox,
+    settings: Settings,
+    processes: Processes,
+    embedded_stack: EmbeddedStack,
+) -> None:
+    processes.start("relay", "worker", "sweeper")
+    with psycopg.connect(settings.database_url) as first:
+        before = upload_many(outbox, first, "alice", 4)
+    embedded_stack.postgres.restart()
+    with psycopg.connect(settings.database_url) as second:
+        after = upload_many(outbox, second, "alice", 4, size=5000)
+    docs = before + after
+    wait_procs(
+        processes,
+        lambda: all_in(settings, docs, DocumentStatus.AVAILABLE) and outbox_idle(settings),
+        timeout=90,
+        what="all documents available after a PostgreSQL restart",
+    )
+    assert_nothing_lost(settings, processes)
+    assert_quota_consistent(settings, "alice", processes)
+    for name in ("relay", "sweeper"):
+        assert processes.procs[name].poll() is None, tails(processes)

@@ -1,0 +1,115 @@
+"""The document and quota changes a handler makes, in the transaction that completes its
+event, after ``lifecycle.lock`` took the event, quota and document locks (in that order).
+
+Each is a compare-and-set on the document's state, so a change made twice applies once.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from outbox.constants import DocumentStatus, Topic
+from outbox.settings import Settings
+from worker import metrics
+from worker.events.lifecycle import sql
+from worker.events.observe import Observation
+from worker.pool import Cursor, Row
+from worker.storage import ObjectInfo
+
+log = logging.getLogger("s3outbox.worker")
+
+
+def accept(
+    cur: Cursor, doc: Row, observation: Observation, refused: DocumentStatus, now: datetime | None
+) -> None:
+    """Charge the quota (reservation -> used) and make the document available, or refuse it
+    (as ``refused``) when the quota cannot take it."""
+    assert observation.info is not None
+    q = sql()
+    size = observation.info.size
+    charged = cur.execute(
+        q["charge_quota"],
+        {"owner_id": doc["owner_id"], "charge": size, "release": doc["reserved_bytes"], "now": now},
+    ).fetchone()
+    if charged is None:
+        refuse(cur, doc, refused, "over quota", observation.info, now)
+        return
+    cur.execute(
+        q["mark_available"],
+        {
+            "id": doc["id"],
+            "expected": doc["status"],
+            "verified_size": size,
+            "charge": size,
+            "now": now,
+        },
+    )
+    metrics.DOCUMENT_OUTCOMES.labels(DocumentStatus.AVAILABLE.value).inc()
+
+
+def refuse(
+    cur: Cursor,
+    doc: Row,
+    status: DocumentStatus,
+    reason: str | None,
+    info: ObjectInfo | None,
+    now: datetime | None,
+) -> None:
+    """-> rejected/expired with a reason; reservation released; purge queued."""
+    cur.execute(
+        sql()["mark_refused"],
+        {
+            "id": doc["id"],
+            "expected": doc["status"],
+            "status": status.value,
+            "reason": reason,
+            "verified_size": info.size if info else None,
+            "now": now,
+        },
+    )
+    release(cur, doc, charged=0, reserved=doc["reserved_bytes"], now=now)
+    queue_purge(cur, doc, None, now)
+    metrics.DOCUMENT_OUTCOMES.labels(status.value).inc()
+    log.info("document %s: %s", status.value, reason)
+
+
+def release(cur: Cursor, doc: Row, *, charged: int, reserved: int, now: datetime | None) -> None:
+    """Give back what the document holds of its owner's quota (never below zero)."""
+    if charged or reserved:
+        cur.execute(
+            sql()["release_quota"],
+            {"owner_id": doc["owner_id"], "charged": charged, "reserved": reserved, "now": now},
+        )
+
+
+def queue_purge(cur: Cursor, doc: Row, available_at: datetime | None, now: datetime | None) -> None:
+    """A purge event for the document's blob, due now or at ``available_at``."""
+    cur.execute(
+        sql()["insert_event"],
+        {
+            "topic": Topic.PURGE.value,
+            "document_id": doc["id"],
+            "trace_id": doc["trace_id"],
+            "available_at": available_at,
+            "now": now,
+        },
+    )
+
+
+def finish_purge(
+    cur: Cursor, settings: Settings, doc: Row, clock: datetime, now: datetime | None
+) -> None:
+    """The blob is gone: ``deleting -> deleted`` with its charge released (or, for a rejected
+    or expired document, the purge time noted), and a second purge after the upload URL's
+    expiry, since a late PUT could still recreate the object (invariant 7)."""
+    q = sql()
+    if doc["status"] == DocumentStatus.DELETING:
+        cur.execute(q["mark_deleted"], {"id": doc["id"], "now": now})
+        release(cur, doc, charged=doc["charged_bytes"], reserved=doc["reserved_bytes"], now=now)
+        metrics.DOCUMENT_OUTCOMES.labels(DocumentStatus.DELETED.value).inc()
+    else:
+        cur.execute(q["mark_purged"], {"id": doc["id"], "now": now})
+    recheck_at = doc["upload_expires_at"] + timedelta(seconds=settings.purge_grace_seconds)
+    if recheck_at > clock:
+        queue_purge(cur, doc, recheck_at, now)

@@ -1,0 +1,42 @@
+"""``expire``: a pending upload whose URL expired unconfirmed. Verified once: a matching
+object means only the confirm was lost -> ``available``; anything else -> ``expired``, with
+its reservation released and its blob (if any) purged."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from outbox.constants import DocumentStatus
+from worker.events import documents, lifecycle
+from worker.events.context import Context
+from worker.events.lifecycle import Outcome
+from worker.events.observe import observe
+from worker.pool import Row, transaction
+
+
+def handle(
+    ctx: Context, event: Row, doc: Row | None, attempt: int, now: datetime | None
+) -> Outcome:
+    observation = None
+    if doc is not None and doc["status"] == DocumentStatus.PENDING:
+        observation = observe(ctx.storage, ctx.settings, doc)
+    with transaction(ctx.pool) as cur:
+        locked = lifecycle.lock(cur, event, now)
+        if locked is None:
+            return Outcome.SKIPPED
+        doc = locked.document
+        grace = timedelta(seconds=ctx.settings.purge_grace_seconds)
+        if (
+            doc is None
+            or doc["status"] != DocumentStatus.PENDING
+            or observation is None
+            # A fresh URL was issued for this upload since the sweeper looked.
+            or doc["upload_expires_at"] + grace > locked.clock
+        ):
+            return lifecycle.complete(cur, event, now)
+        if observation.matches:
+            documents.accept(cur, doc, observation, DocumentStatus.EXPIRED, now)
+        else:
+            reason = observation.problem or "upload URL expired and no object was uploaded"
+            documents.refuse(cur, doc, DocumentStatus.EXPIRED, reason, observation.info, now)
+        return lifecycle.complete(cur, event, now)

@@ -1,0 +1,142 @@
+"""An event's own life: lock it, then complete, snooze or fail it (River's JobCompleteTx).
+
+Every change is a compare-and-set: ``complete`` only finishes an unfinished event, and
+``snooze``/``fail`` only apply to the attempt that is current (``attempts`` = the number the
+message carries), so a repeated, stale or late handler changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from functools import cache
+from typing import Any
+
+from psycopg_pool import ConnectionPool
+
+from outbox import queries
+from outbox.constants import EventStatus
+from outbox.logs import redact
+from outbox.settings import Settings
+from worker import metrics
+from worker.pool import Cursor, Row, transaction
+
+log = logging.getLogger("s3outbox.worker")
+
+
+@cache
+def sql() -> dict[str, str]:
+    """The named queries of event handling (``worker/events/queries.sql``)."""
+    return queries.load("worker.events")
+
+
+class Outcome(StrEnum):
+    """How handling one event ended."""
+
+    DONE = "done"  # the work is done and the event is marked done
+    SKIPPED = "skipped"  # the event was already finished: nothing changed
+    SNOOZED = "snoozed"  # the object is not visible yet: try again later
+    RETRY = "retry"  # the attempt failed; the event will be retried after a backoff
+    DEAD = "dead"  # the attempt failed and it was the last one
+    STALE = "stale"  # another attempt owns the event now; this one changed nothing
+
+
+@dataclass(frozen=True)
+class Locked:
+    """An event locked for its final transaction, with the clock it decides by and its
+    document (locked too; None when the row is gone)."""
+
+    clock: datetime
+    document: Row | None
+
+
+def backoff_seconds(settings: Settings, failures: int) -> float:
+    """Exponential backoff with full jitter, capped at ``retry_max_seconds``."""
+    ceiling = min(settings.retry_max_seconds, settings.retry_base_seconds * 2 ** max(failures, 0))
+    return random.uniform(ceiling / 2, ceiling)
+
+
+def record(event_id: int, topic: str, outcome: Outcome, started: float) -> None:
+    """How handling an event ended: its duration metric and one log line."""
+    metrics.ACTOR_DURATION.labels(topic, outcome.value).observe(time.monotonic() - started)
+    log.info(
+        "event %s (%s) %s",
+        event_id,
+        topic,
+        outcome.value,
+        extra={"event_id": event_id, "topic": topic},
+    )
+
+
+def lock(cur: Cursor, event: Row, now: datetime | None) -> Locked | None:
+    """Lock the event, the owner's quota row, then the document: always in that order, the
+    library's too (quota before document), so workers and web requests cannot deadlock.
+    None when the event was finished meanwhile: the caller must change nothing."""
+    q = sql()
+    locked = cur.execute(q["lock_event"], {"id": event["id"], "now": now}).fetchone()
+    if locked is None or locked["status"] not in (EventStatus.PENDING, EventStatus.DISPATCHED):
+        return None
+    cur.execute(q["lock_quota_of_document"], {"id": event["document_id"]})
+    doc = cur.execute(q["lock_document"], {"id": event["document_id"]}).fetchone()
+    return Locked(locked["clock"], doc)
+
+
+def complete(cur: Cursor, event: Row, now: datetime | None) -> Outcome:
+    """Mark the event done, in the caller's transaction (with the writes it completes)."""
+    done = cur.execute(sql()["complete_event"], {"id": event["id"], "now": now}).fetchone()
+    if done is None:
+        return Outcome.SKIPPED
+    metrics.EVENTS_DONE.labels(event["topic"]).inc()
+    return Outcome.DONE
+
+
+def snooze(
+    cur: Cursor, event: Row, attempt: int, delay: float, now: datetime | None, why: str
+) -> Outcome:
+    """Not a failure (the object is not visible yet): pending again after ``delay``."""
+    row = cur.execute(
+        sql()["snooze_event"],
+        {"id": event["id"], "attempt": attempt, "delay": delay, "now": now, "error": why},
+    ).fetchone()
+    if row is None:
+        return Outcome.STALE
+    metrics.EVENTS_SNOOZED.labels(event["topic"]).inc()
+    return Outcome.SNOOZED
+
+
+def fail(
+    pool: ConnectionPool[Any],
+    settings: Settings,
+    event: Row,
+    attempt: int,
+    exc: BaseException,
+    now: datetime | None,
+) -> Outcome:
+    """Record a failed attempt in its own transaction: pending again after a backoff, or
+    dead after ``max_failures``. The error text is redacted (no secrets in ``last_error``)."""
+    error = redact(f"{type(exc).__name__}: {exc}")[:2000]
+    delay = backoff_seconds(settings, event["failures"])
+    with transaction(pool) as cur:
+        row = cur.execute(
+            sql()["fail_event"],
+            {
+                "id": event["id"],
+                "attempt": attempt,
+                "delay": delay,
+                "error": error,
+                "max_failures": settings.max_failures,
+                "now": now,
+            },
+        ).fetchone()
+    if row is None:
+        return Outcome.STALE
+    if row["status"] == EventStatus.DEAD:
+        metrics.EVENTS_DEAD.labels(event["topic"]).inc()
+        log.error("event %s is dead after %s failures: %s", event["id"], row["failures"], error)
+        return Outcome.DEAD
+    metrics.EVENTS_RETRIED.labels(event["topic"]).inc()
+    return Outcome.RETRY

@@ -1,0 +1,139 @@
+-- Named queries of event handling (worker/events/): reading and locking an event and its
+-- document, the event's lifecycle (complete, snooze, fail) and the document and quota changes.
+-- `now` is a parameter wherever time matters: NULL means the database's now().
+
+-- name: read_event
+SELECT e.* FROM s3outbox.events e WHERE e.id = %(id)s;
+
+-- name: lock_event
+-- Also returns the clock the handler decides with (the `now` parameter or the database's).
+SELECT e.*, coalesce(%(now)s::timestamptz, now()) AS clock
+FROM s3outbox.events e WHERE e.id = %(id)s FOR UPDATE;
+
+-- name: complete_event
+-- Compare-and-set: a repeated or stale completion of a finished event changes nothing.
+UPDATE s3outbox.events
+SET status = 'done',
+    finished_at = coalesce(%(now)s::timestamptz, now()),
+    updated_at = coalesce(%(now)s::timestamptz, now())
+WHERE id = %(id)s AND status IN ('pending', 'dispatched')
+RETURNING id;
+
+-- name: snooze_event
+-- Not a failure: the object is not visible yet (eventually consistent store). Try later.
+UPDATE s3outbox.events
+SET status = 'pending',
+    available_at = coalesce(%(now)s::timestamptz, now()) + make_interval(secs => %(delay)s),
+    last_error = %(error)s,
+    updated_at = coalesce(%(now)s::timestamptz, now())
+WHERE id = %(id)s AND status = 'dispatched' AND attempts = %(attempt)s
+RETURNING id;
+
+-- name: fail_event
+-- A failed attempt: back to pending after a backoff, or dead after the last one.
+-- Only the attempt that is current may record its failure (compare-and-set on attempts).
+UPDATE s3outbox.events
+SET failures = failures + 1,
+    status = CASE WHEN failures + 1 >= %(max_failures)s THEN 'dead' ELSE 'pending' END,
+    available_at = coalesce(%(now)s::timestamptz, now()) + make_interval(secs => %(delay)s),
+    finished_at = CASE WHEN failures + 1 >= %(max_failures)s
+                       THEN coalesce(%(now)s::timestamptz, now()) END,
+    last_error = %(error)s,
+    updated_at = coalesce(%(now)s::timestamptz, now())
+WHERE id = %(id)s AND status = 'dispatched' AND attempts = %(attempt)s
+RETURNING id, status, failures;
+
+-- name: insert_event
+INSERT INTO s3outbox.events (topic, document_id, trace_id, available_at, created_at, updated_at)
+VALUES (%(topic)s, %(document_id)s, %(trace_id)s,
+        coalesce(%(available_at)s::timestamptz, %(now)s::timestamptz, now()),
+        coalesce(%(now)s::timestamptz, now()), coalesce(%(now)s::timestamptz, now()))
+RETURNING id;
+
+-- name: read_document
+SELECT d.* FROM s3outbox.documents d WHERE d.id = %(id)s;
+
+-- name: read_document_of_event
+SELECT d.* FROM s3outbox.documents d
+WHERE d.id = (SELECT e.document_id FROM s3outbox.events e WHERE e.id = %(id)s);
+
+-- name: lock_quota_of_document
+-- A document's owner never changes, so reading it unlocked to find the quota row is safe.
+SELECT q.owner_id FROM s3outbox.quotas q
+WHERE q.owner_id = (SELECT d.owner_id FROM s3outbox.documents d WHERE d.id = %(id)s)
+FOR UPDATE;
+
+-- name: lock_document
+SELECT d.* FROM s3outbox.documents d WHERE d.id = %(id)s FOR UPDATE;
+
+-- name: charge_quota
+-- Move a verified document's reservation to used, in one conditional UPDATE (invariant 4).
+UPDATE s3outbox.quotas
+SET used_bytes = used_bytes + %(charge)s,
+    reserved_bytes = reserved_bytes - %(release)s,
+    updated_at = coalesce(%(now)s::timestamptz, now())
+WHERE owner_id = %(owner_id)s
+  AND reserved_bytes >= %(release)s
+  AND used_bytes + %(charge)s + reserved_bytes - %(release)s <= limit_bytes
+RETURNING owner_id;
+
+-- name: release_quota
+-- Give back a document's reservation and/or charge; never below zero.
+UPDATE s3outbox.quotas
+SET used_bytes = greatest(used_bytes - %(charged)s, 0),
+    reserved_bytes = greatest(reserved_bytes - %(reserved)s, 0),
+    updated_at = coalesce(%(now)s::timestamptz, now())
+WHERE owner_id = %(owner_id)s
+RETURNING owner_id;
+
+-- name: mark_available
+UPDATE s3outbox.documents
+SET status = 'available',
+    verified_size = %(verified_size)s,
+    charged_bytes = %(charge)s,
+    reserved_bytes = 0,
+    reason = NULL,
+    verified_at = coalesce(%(now)s::timestamptz, now()),
+    updated_at = coalesce(%(now)s::timestamptz, now())
+WHERE id = %(id)s AND status = %(expected)s
+RETURNING id;
+
+-- name: accept_verified
+-- One statement, its own transaction (autocommit): see s3outbox.accept_verified in schema.sql.
+SELECT s3outbox.accept_verified(
+    %(event_id)s, %(document_id)s, %(object_key)s, %(declared_size)s, %(sha256)s,
+    %(content_type)s, %(size)s, %(now)s::timestamptz
+) AS event_id;
+
+-- name: mark_refused
+-- uploaded -> rejected, or pending -> expired: reservation released, blob to be purged.
+UPDATE s3outbox.documents
+SET status = %(status)s,
+    reason = %(reason)s,
+    verified_size = %(verified_size)s,
+    reserved_bytes = 0,
+    verified_at = coalesce(%(now)s::timestamptz, now()),
+    updated_at = coalesce(%(now)s::timestamptz, now())
+WHERE id = %(id)s AND status = %(expected)s
+RETURNING id;
+
+-- name: mark_deleted
+UPDATE s3outbox.documents
+SET status = 'deleted',
+    charged_bytes = 0,
+    reserved_bytes = 0,
+    purged_at = coalesce(%(now)s::timestamptz, now()),
+    updated_at = coalesce(%(now)s::timestamptz, now())
+WHERE id = %(id)s AND status = 'deleting'
+RETURNING id;
+
+-- name: mark_purged
+UPDATE s3outbox.documents
+SET purged_at = coalesce(%(now)s::timestamptz, now()),
+    updated_at = coalesce(%(now)s::timestamptz, now())
+WHERE id = %(id)s AND status IN ('rejected', 'expired', 'deleted')
+RETURNING id;
+
+-- name: live_document_by_key
+SELECT d.id, d.status FROM s3outbox.documents d
+WHERE d.object_key = %(key)s AND d.status IN ('pending', 'uploaded', 'available');

@@ -1,0 +1,583 @@
+"""Reconcile the bucket with the document rows: find the drift, and repair it with ``apply``.
+
+Three walks, each in bounded pages (memory does not grow with the bucket or the table):
+
+1. the bucket under ``key_prefix`` (ListObjectsV2, pages of ``page_size`` keys, one query per
+   page): **orphan objects**, i.e. objects no live document owns, older than the horizon. A
+   newer one may belong to an upload whose transaction has not committed yet (invariant 7
+   allows it until the horizon);
+2. ``available`` documents (keyset pages, HeadObject each): **broken documents**, whose
+   object is missing or differs in size, SHA-256 or content type (invariants 1 and 3);
+3. documents in a transitional state (keyset pages): **stuck documents**, waiting for an
+   event that no longer exists (lost, dead or pruned): ``uploaded`` past the verification
+   deadline plus the redispatch delay without a verify event, ``deleting`` without a purge
+   of the document, ``pending`` past expiry (plus grace and a sweeper round) without an
+   expire event.
+
+Nothing changes unless ``apply=True``. Then every repair goes through the outbox, so it is
+logged, retried and idempotent like any other work:
+
+- an orphan gets a purge event that names its key (``events.object_key``); the purge actor
+  deletes the key only if no live document owns it then (invariant 3);
+- a broken document becomes ``rejected`` with a reason, its charge is released from its
+  owner's quota (``used -= charged_bytes``) and its purge is queued;
+- a stuck document gets its missing event again.
+
+Each write is a compare-and-set made under the document's row lock (or, for orphan purges,
+guarded by a unique index on unfinished purges per key), so a second run, or two runs at
+once, queue nothing more.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from outbox import queries
+from outbox.constants import LIVE_STATUSES, DocumentStatus, Topic
+from outbox.settings import Settings
+from worker.ops.progress import bar
+from worker.storage import ObjectInfo, Storage
+from worker.verification import Declared, mismatch
+
+log = logging.getLogger("s3outbox.reconcile")
+
+DEFAULT_HORIZON_SECONDS = 3600.0
+PAGE_SIZE = 1000
+#: Findings kept in a report per kind (counts stay exact): bounded memory on a bad day.
+SAMPLE_LIMIT = 1000
+_HEAD_THREADS = 16
+_ORPHAN_NAMESPACE = uuid.UUID("5b0c1f8e-2a41-4d0a-9c53-3e1f0b7d6a10")
+
+Row = dict[str, Any]
+Conn = psycopg.Connection[Any]
+
+
+@dataclass(frozen=True)
+class OrphanObject:
+    """An object no live document owns, older than the horizon."""
+
+    key: str
+    size: int
+    last_modified: datetime
+    document_id: uuid.UUID | None  # the (non-live) row that names this key, if any
+    document_status: str | None
+    action: str
+
+
+@dataclass(frozen=True)
+class BrokenDocument:
+    """An ``available`` document whose object is missing or differs from the row."""
+
+    document_id: uuid.UUID
+    owner_id: str
+    object_key: str
+    problem: str
+    charged_bytes: int
+    action: str
+
+
+@dataclass(frozen=True)
+class StuckDocument:
+    """A document waiting for an event that no longer exists."""
+
+    document_id: uuid.UUID
+    owner_id: str
+    status: str
+    since: datetime | None
+    missing_event: str
+    action: str
+
+
+@dataclass
+class ReconcileReport:
+    """What ``reconcile`` found and did. Lists hold at most ``sample_limit`` items each; the
+    ``*_count`` fields are exact."""
+
+    applied: bool
+    now: datetime
+    horizon_seconds: float
+    bucket: str
+    key_prefix: str
+    run_id: str
+    sample_limit: int = SAMPLE_LIMIT
+    objects_listed: int = 0
+    young_unowned: int = 0  # unowned, but newer than the horizon: left alone
+    orphan_count: int = 0
+    orphans: list[OrphanObject] = field(default_factory=list)
+    available_checked: int = 0
+    broken_count: int = 0
+    broken: list[BrokenDocument] = field(default_factory=list)
+    unprovable_count: int = 0  # no stored checksum and the body was not read: left alone
+    unprovable: list[BrokenDocument] = field(default_factory=list)
+    stuck_count: int = 0
+    stuck: list[StuckDocument] = field(default_factory=list)
+    to_repair: int = 0  # findings that need a write (done with apply, else proposed)
+    repaired: int = 0  # writes made (apply only)
+    events_queued: int = 0
+    documents_rejected: int = 0
+    bytes_released: int = 0
+
+    @property
+    def clean(self) -> bool:
+        """Nothing needs repairing (a purge already queued needs only the workers)."""
+        return self.to_repair == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready values (datetimes ISO 8601, UUIDs as strings)."""
+        out: dict[str, Any] = _jsonable({**asdict(self), "clean": self.clean})
+        return out
+
+    def _keep(self, items: list[Any], item: Any) -> None:
+        if len(items) < self.sample_limit:
+            items.append(item)
+
+
+def reconcile(
+    settings: Settings,
+    *,
+    apply: bool = False,
+    horizon: float = DEFAULT_HORIZON_SECONDS,
+    now: datetime | None = None,
+    storage: Storage | None = None,
+    page_size: int = PAGE_SIZE,
+    sample_limit: int = SAMPLE_LIMIT,
+    progress: bool = False,
+) -> ReconcileReport:
+    """Compare the bucket (under ``settings.key_prefix``) with the document rows and report
+    orphan objects, broken ``available`` documents and stuck documents. With ``apply``,
+    queue the repairs (see the module docstring); running it again then changes nothing.
+
+    ``now`` is the clock that decides what is old (default: the database's); ``horizon`` is
+    how old, in seconds, an unowned object must be to count as an orphan. ``progress`` shows
+    progress bars on a terminal.
+    """
+    if horizon < 0:
+        raise ValueError("horizon must be >= 0 seconds")
+    if not 1 <= page_size <= 1000:
+        raise ValueError("page_size must be within 1..1000 (ListObjectsV2's maximum)")
+    storage = storage or Storage(settings)
+    # Its own queries, and the event-handling ones it shares with the workers (lock a
+    # document, release a charge, queue an event).
+    q = {**queries.load("worker.events"), **queries.load("worker.ops", "repair.sql")}
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        clock_row = conn.execute(q["reconcile_clock"], {"now": now}).fetchone()
+        assert clock_row is not None
+        run_id = uuid.uuid4().hex[:12]
+        report = ReconcileReport(
+            applied=apply,
+            now=clock_row[0],
+            horizon_seconds=horizon,
+            bucket=settings.s3_bucket,
+            key_prefix=settings.key_prefix,
+            run_id=run_id,
+            sample_limit=sample_limit,
+        )
+        walk = _Walk(settings, storage, conn, q, report, apply, page_size, progress)
+        walk.orphans()
+        walk.broken()
+        walk.stuck()
+    log.info(
+        "reconcile %s (%s): %d objects, %d orphans, %d broken, %d stuck; %d repairs made",
+        run_id,
+        "apply" if apply else "dry run",
+        report.objects_listed,
+        report.orphan_count,
+        report.broken_count,
+        report.stuck_count,
+        report.repaired,
+    )
+    return report
+
+
+@dataclass
+class _Walk:
+    settings: Settings
+    storage: Storage
+    conn: Conn
+    q: dict[str, str]
+    report: ReconcileReport
+    apply: bool
+    page_size: int
+    progress: bool = False
+
+    @property
+    def trace_id(self) -> str:
+        return f"reconcile-{self.report.run_id}"
+
+    # -- 1. the bucket ---------------------------------------------------------------------
+
+    def orphans(self) -> None:
+        report = self.report
+        cutoff = report.now - timedelta(seconds=report.horizon_seconds)
+        paginator = self.storage.client.get_paginator("list_objects_v2")
+        counter = bar(self.progress, "bucket objects", "obj")
+        for page in paginator.paginate(
+            Bucket=self.settings.s3_bucket,
+            Prefix=self.settings.key_prefix,
+            PaginationConfig={"PageSize": self.page_size},
+        ):
+            contents = page.get("Contents", [])
+            if not contents:
+                continue
+            keys = [obj["Key"] for obj in contents]
+            report.objects_listed += len(keys)
+            counter.update(len(keys))
+            with self.conn.cursor(row_factory=dict_row) as cur:
+                rows = {
+                    r["object_key"]: r
+                    for r in cur.execute(self.q["reconcile_documents_by_keys"], {"keys": keys})
+                }
+                queued = {
+                    r["object_key"]
+                    for r in cur.execute(self.q["reconcile_key_purges_queued"], {"keys": keys})
+                }
+            found: list[tuple[str, int, datetime, Row | None]] = []
+            for obj in contents:
+                key = obj["Key"]
+                row = rows.get(key)
+                if row is not None and row["status"] in LIVE_STATUSES:
+                    continue
+                if obj["LastModified"] > cutoff:
+                    report.young_unowned += 1
+                    continue
+                found.append((key, int(obj["Size"]), obj["LastModified"], row))
+            self._orphan_page(found, queued)
+
+    def _orphan_page(
+        self, found: list[tuple[str, int, datetime, Row | None]], queued: set[str]
+    ) -> None:
+        report = self.report
+        actions: dict[str, str] = {}
+        to_queue: list[tuple[str, uuid.UUID]] = []
+        for key, _size, _modified, row in found:
+            if row is not None and row["status"] == DocumentStatus.DELETING:
+                # The document's own purge removes it (queued again below if it was lost).
+                actions[key] = "left to the purge of its deleting document"
+            elif key in queued or (row is not None and row["purge_queued"]):
+                actions[key] = "purge already queued"
+            else:
+                report.to_repair += 1
+                to_queue.append((key, row["id"] if row is not None else _document_id_for(key)))
+                actions[key] = "purge queued" if self.apply else "would queue a purge"
+        if self.apply and to_queue:
+            with self.conn.transaction():
+                inserted = self.conn.execute(
+                    self.q["reconcile_queue_key_purges"],
+                    {
+                        "keys": [k for k, _ in to_queue],
+                        "document_ids": [d for _, d in to_queue],
+                        "trace_id": self.trace_id,
+                        "now": report.now,
+                    },
+                ).fetchall()
+            done = {key for _id, key in inserted}
+            report.events_queued += len(done)
+            report.repaired += len(done)
+            for key, _ in to_queue:
+                if key not in done:  # another run queued it meanwhile
+                    actions[key] = "purge already queued"
+                    report.to_repair -= 1
+        for key, size, modified, row in found:
+            report.orphan_count += 1
+            report._keep(
+                report.orphans,
+                OrphanObject(
+                    key=key,
+                    size=size,
+                    last_modified=modified,
+                    document_id=row["id"] if row is not None else None,
+                    document_status=row["status"] if row is not None else None,
+                    action=actions[key],
+                ),
+            )
+
+    # -- 2. available documents ------------------------------------------------------------
+
+    def broken(self) -> None:
+        report = self.report
+        with ThreadPoolExecutor(max_workers=_HEAD_THREADS) as pool:
+            counter = bar(self.progress, "available documents", "doc")
+            for page in self._pages(self.q["reconcile_available_page"], {}):
+                report.available_checked += len(page)
+                counter.update(len(page))
+                checks = list(pool.map(self._check, page))
+                for row, check in zip(page, checks, strict=True):
+                    if check.unprovable:
+                        report.unprovable_count += 1
+                        report._keep(
+                            report.unprovable,
+                            _broken(row, check.problem or "", "left alone: cannot be proven"),
+                        )
+                    elif check.problem is not None:
+                        self._broken_document(row, check)
+
+    def _broken_document(self, row: Row, check: _Check) -> None:
+        report = self.report
+        report.broken_count += 1
+        report.to_repair += 1
+        charged = int(row["charged_bytes"])
+        if not self.apply:
+            action = f"would reject, release {charged} bytes, queue a purge"
+            report._keep(report.broken, _broken(row, check.problem or "", action))
+            return
+        # Look once more right before acting: never reject on a single glance.
+        again = self._check(row)
+        if again.problem is None or again.unprovable:
+            report.to_repair -= 1
+            action = "skipped: the object matched when checked again"
+            report._keep(report.broken, _broken(row, check.problem or "", action))
+            return
+        problem = again.problem
+        with self.conn.transaction(), self.conn.cursor(row_factory=dict_row) as cur:
+            doc = cur.execute(self.q["lock_document"], {"id": row["id"]}).fetchone()
+            if (
+                doc is None
+                or doc["status"] != DocumentStatus.AVAILABLE
+                or doc["object_key"] != row["object_key"]
+            ):
+                report.to_repair -= 1
+                action = "skipped: the document changed meanwhile"
+                report._keep(report.broken, _broken(row, problem, action))
+                return
+            cur.execute(
+                self.q["reconcile_reject_available"],
+                {
+                    "id": doc["id"],
+                    "reason": f"reconcile: {problem}",
+                    "verified_size": again.info.size if again.info else None,
+                    "now": report.now,
+                },
+            )
+            released = int(doc["charged_bytes"])
+            if released or doc["reserved_bytes"]:
+                cur.execute(
+                    self.q["release_quota"],
+                    {
+                        "owner_id": doc["owner_id"],
+                        "charged": released,
+                        "reserved": doc["reserved_bytes"],
+                        "now": report.now,
+                    },
+                )
+            cur.execute(
+                self.q["insert_event"],
+                {
+                    "topic": Topic.PURGE.value,
+                    "document_id": doc["id"],
+                    "trace_id": doc["trace_id"] or self.trace_id,
+                    "available_at": None,
+                    "now": report.now,
+                },
+            )
+        report.repaired += 1
+        report.documents_rejected += 1
+        report.events_queued += 1
+        report.bytes_released += released
+        action = f"rejected, released {released} bytes, purge queued"
+        report._keep(report.broken, _broken({**row, "charged_bytes": released}, problem, action))
+        log.warning("document %s rejected by reconcile: %s", doc["id"], problem)
+
+    def _check(self, row: Row) -> _Check:
+        """HeadObject (and the full-read fallback, as verification does) against the row."""
+        key = row["object_key"]
+        size = int(row["declared_size"])
+        info = self.storage.head(key)
+        if info is None:
+            return _Check("object missing from storage", None, False)
+        computed = None
+        if info.sha256_b64 is None and info.size == size:
+            if not self.settings.verify_full_read_fallback:
+                return _Check("storage kept no SHA-256 checksum", info, True)
+            computed = self.storage.sha256_hex(key, size)
+            if computed is None:
+                return _Check("the body could not be read to hash it", info, True)
+        declared = Declared(size, row["sha256"], row["content_type"])
+        return _Check(mismatch(declared, info, computed), info, False)
+
+    # -- 3. stuck documents ----------------------------------------------------------------
+
+    def stuck(self) -> None:
+        settings = self.settings
+        params = {
+            "now": self.report.now,
+            "uploaded_after": settings.verify_deadline_seconds + settings.redispatch_after_seconds,
+            "pending_after": settings.purge_grace_seconds + settings.sweeper_interval_seconds,
+        }
+        for page in self._pages(self.q["reconcile_stuck_page"], params):
+            for row in page:
+                self._stuck_document(row, params)
+
+    def _stuck_document(self, row: Row, params: Row) -> None:
+        report = self.report
+        report.stuck_count += 1
+        report.to_repair += 1
+        topic = row["topic"]
+        action = f"would queue {topic}"
+        if self.apply:
+            action = self._requeue(row, params)
+        report._keep(
+            report.stuck,
+            StuckDocument(
+                document_id=row["id"],
+                owner_id=row["owner_id"],
+                status=row["status"],
+                since=row["since"],
+                missing_event=topic,
+                action=action,
+            ),
+        )
+
+    def _requeue(self, row: Row, params: Row) -> str:
+        """Queue a stuck document's missing event under its row lock (compare-and-set)."""
+        report = self.report
+        topic = row["topic"]
+        with self.conn.transaction(), self.conn.cursor(row_factory=dict_row) as cur:
+            doc = cur.execute(self.q["lock_document"], {"id": row["id"]}).fetchone()
+            still = doc is not None and doc["status"] == row["status"]
+            if still and doc is not None and doc["status"] == DocumentStatus.PENDING:
+                # A fresh upload URL may have been issued meanwhile.
+                due = report.now - timedelta(seconds=float(params["pending_after"]))
+                still = doc["upload_expires_at"] <= due
+            inserted = None
+            if still:
+                # A new statement after the lock: it sees every event committed before it.
+                inserted = cur.execute(
+                    self.q["reconcile_requeue_event"],
+                    {
+                        "topic": topic,
+                        "id": row["id"],
+                        "trace_id": row["trace_id"] or self.trace_id,
+                        "now": report.now,
+                    },
+                ).fetchone()
+            if inserted is not None and topic == Topic.EXPIRE:
+                cur.execute(
+                    self.q["reconcile_mark_expire_requested"], {"id": row["id"], "now": report.now}
+                )
+        if inserted is None:
+            report.to_repair -= 1
+            return "skipped: the document changed meanwhile"
+        report.repaired += 1
+        report.events_queued += 1
+        return f"{topic} queued"
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _pages(self, query: str, params: Row) -> Iterator[list[Row]]:
+        """Keyset pages (by document id) of a query taking ``after`` and ``limit``."""
+        after = uuid.UUID(int=0)
+        while True:
+            with self.conn.cursor(row_factory=dict_row) as cur:
+                page = cur.execute(
+                    query, {**params, "after": after, "limit": self.page_size}
+                ).fetchall()
+            if page:
+                yield page
+            if len(page) < self.page_size:
+                return
+            after = page[-1]["id"]
+
+
+@dataclass(frozen=True)
+class _Check:
+    problem: str | None
+    info: ObjectInfo | None
+    unprovable: bool
+
+
+def _broken(row: Row, problem: str, action: str) -> BrokenDocument:
+    return BrokenDocument(
+        document_id=row["id"],
+        owner_id=row["owner_id"],
+        object_key=row["object_key"],
+        problem=problem,
+        charged_bytes=int(row["charged_bytes"]),
+        action=action,
+    )
+
+
+def _document_id_for(key: str) -> uuid.UUID:
+    """The document id an orphan purge event carries when no row names the key: the key's
+    UUID tail (keys are prefix + document id), else a stable UUID made from the key."""
+    tail = key.rsplit("/", 1)[-1]
+    try:
+        return uuid.UUID(tail)
+    except ValueError:
+        return uuid.uuid5(_ORPHAN_NAMESPACE, key)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return value
+
+
+def format_report(report: ReconcileReport) -> str:
+    """The report as text for an operator."""
+    mode = "apply" if report.applied else "dry run"
+    lines = [
+        f"reconcile ({mode}) of s3://{report.bucket}/{report.key_prefix} at "
+        f"{report.now.isoformat(timespec='seconds')}, horizon {report.horizon_seconds:g}s",
+        f"objects listed: {report.objects_listed}; unowned but newer than the horizon "
+        f"(left alone): {report.young_unowned}",
+        "",
+        f"orphan objects: {report.orphan_count}",
+    ]
+    lines += [
+        f"  {o.key}  {o.size} B  modified {o.last_modified.isoformat(timespec='seconds')}  "
+        f"{'no row' if o.document_id is None else f'document {o.document_id} {o.document_status}'}"
+        f"  -> {o.action}"
+        for o in report.orphans
+    ]
+    lines += _more(report.orphan_count, len(report.orphans))
+    lines.append(
+        f"broken available documents: {report.broken_count} (of {report.available_checked})"
+    )
+    lines += [
+        f"  {b.document_id} owner {b.owner_id} {b.object_key}: {b.problem}  -> {b.action}"
+        for b in report.broken
+    ]
+    lines += _more(report.broken_count, len(report.broken))
+    if report.unprovable_count:
+        lines.append(f"unprovable available documents: {report.unprovable_count}")
+        lines += [f"  {b.document_id} {b.object_key}: {b.problem}" for b in report.unprovable]
+        lines += _more(report.unprovable_count, len(report.unprovable))
+    lines.append(f"stuck documents: {report.stuck_count}")
+    lines += [
+        f"  {s.document_id} owner {s.owner_id} {s.status} since "
+        f"{s.since.isoformat(timespec='seconds') if s.since else '?'}: no unfinished "
+        f"{s.missing_event} event  -> {s.action}"
+        for s in report.stuck
+    ]
+    lines += _more(report.stuck_count, len(report.stuck))
+    lines.append("")
+    if report.applied:
+        lines.append(
+            f"applied: {report.repaired} repairs; {report.events_queued} events queued, "
+            f"{report.documents_rejected} documents rejected, {report.bytes_released} bytes "
+            "released. The workers carry out the queued purges, verifies and expiries."
+        )
+    elif report.clean:
+        lines.append("nothing to repair.")
+    else:
+        lines.append(f"{report.to_repair} repairs needed: run again with --apply to make them.")
+    return "\n".join(lines)
+
+
+def _more(count: int, shown: int) -> list[str]:
+    return [f"  ... and {count - shown} more"] if count > shown else []

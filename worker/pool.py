@@ -1,0 +1,62 @@
+"""The workers' PostgreSQL connection pool, and the two ways a handler uses it."""
+
+from __future__ import annotations
+
+import contextlib
+import select
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from outbox.settings import Settings
+
+Row = dict[str, Any]
+Cursor = psycopg.Cursor[Row]
+
+
+def check_connection(conn: psycopg.Connection[Any]) -> None:
+    """The pool's check on checkout, without a round trip while the connection is quiet.
+
+    An idle connection has nothing to read. When the server goes away (restart, backend
+    terminated) it sends a FATAL error and closes the socket, so the socket turns readable:
+    only then is the full check done (one round trip, which raises and so makes the pool
+    reconnect). A quiet socket costs one poll() instead of one round trip per checkout,
+    which was 23% of a worker thread's time under a backlog (two checkouts per event).
+    """
+    if conn.closed or conn.pgconn.status != psycopg.pq.ConnStatus.OK:
+        raise psycopg.OperationalError("connection is closed")
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
+    if poller.poll(0):
+        ConnectionPool.check_connection(conn)
+
+
+def make_pool(settings: Settings, max_size: int | None = None) -> ConnectionPool[Any]:
+    """A connection pool whose connections are checked on checkout, so a PostgreSQL restart
+    costs a reconnect, not a failed event."""
+    return ConnectionPool(
+        settings.database_url,
+        min_size=1,
+        max_size=max_size or settings.worker_pool_size,
+        kwargs={"autocommit": True},
+        check=check_connection,
+        open=True,
+        name="s3outbox-worker",
+    )
+
+
+@contextlib.contextmanager
+def transaction(pool: ConnectionPool[Any]) -> Iterator[Cursor]:
+    """A pooled connection in one transaction, with a dict-row cursor."""
+    with pool.connection() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        yield cur
+
+
+def read_one(pool: ConnectionPool[Any], query: str, params: Mapping[str, Any]) -> Row | None:
+    """One row of a read-only query (autocommit, no transaction)."""
+    with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        row: Row | None = cur.execute(query, params).fetchone()
+        return row
