@@ -60,6 +60,9 @@ CREATE INDEX IF NOT EXISTS documents_pending_expiry
     WHERE status = 'pending' AND expire_requested_at IS NULL;
 CREATE INDEX IF NOT EXISTS documents_status
     ON s3outbox.documents (status);
+-- The worker lag: the oldest confirmed document not verified yet.
+CREATE INDEX IF NOT EXISTS documents_uploaded_since
+    ON s3outbox.documents (confirmed_at) WHERE status = 'uploaded';
 
 -- The outbox. pending -> dispatched -> done | dead.
 CREATE TABLE IF NOT EXISTS s3outbox.events (
@@ -72,8 +75,7 @@ CREATE TABLE IF NOT EXISTS s3outbox.events (
     -- overwrite a newer attempt's outcome (compare-and-set).
     attempts        integer     NOT NULL DEFAULT 0,
     failures        integer     NOT NULL DEFAULT 0,
-    -- Times found dispatched but unfinished (message lost, worker killed); not failures,
-    -- and not counting snoozes, so a long verify window cannot exhaust it.
+    -- Times sent again because the message was lost or its worker died (not failures).
     rescues         integer     NOT NULL DEFAULT 0,
     available_at    timestamptz NOT NULL DEFAULT now(),
     dispatched_at   timestamptz,
@@ -81,11 +83,19 @@ CREATE TABLE IF NOT EXISTS s3outbox.events (
     last_error      text,
     trace_id        text,
     created_at      timestamptz NOT NULL DEFAULT now(),
-    updated_at      timestamptz NOT NULL DEFAULT now()
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    -- Repairs (`s3-outbox reconcile`, the bucket walk): a purge may name an orphan object's
+    -- key instead of a document's; the purge actor deletes it only when no live document
+    -- owns it.
+    object_key      text,
+    -- The broker message carrying the current attempt: a rescue asks the broker whether it
+    -- still holds it, so waiting in a queue is never mistaken for a lost message.
+    message_id      text,
+    -- A worker began the current attempt and has not recorded its outcome. A new start of an
+    -- event still running means the earlier worker died: a failed attempt.
+    running         boolean     NOT NULL DEFAULT false,
+    started_at      timestamptz
 );
-
--- Columns added after the first release of a table: applied to existing databases too.
-ALTER TABLE s3outbox.events ADD COLUMN IF NOT EXISTS rescues integer NOT NULL DEFAULT 0;
 
 CREATE INDEX IF NOT EXISTS events_pending_due
     ON s3outbox.events (available_at, id) WHERE status = 'pending';
@@ -113,16 +123,13 @@ CREATE TRIGGER events_notify
     AFTER INSERT ON s3outbox.events
     FOR EACH STATEMENT EXECUTE FUNCTION s3outbox.notify_event();
 
--- Repairs (`s3-outbox reconcile`): a purge event may name an orphan object's key instead of
--- a document's. The purge actor deletes that key only when no live document owns it.
--- At most one unfinished purge per key, so repeated or concurrent reconcile runs queue one.
-ALTER TABLE s3outbox.events ADD COLUMN IF NOT EXISTS object_key text;
+-- At most one unfinished purge per orphan key, so repeated or concurrent repairs queue one.
 CREATE UNIQUE INDEX IF NOT EXISTS events_unfinished_object_key
     ON s3outbox.events (object_key)
     WHERE object_key IS NOT NULL AND status IN ('pending', 'dispatched');
 
 -- The usual end of a verify (the object matched what the document declares) in ONE statement,
--- so a worker pays one round trip for it (worker/handlers.py, EventProcessor._accept_verified).
+-- so a worker pays one round trip for it (worker/events/verify.py, accept_verified).
 -- Locks the event, the owner's quota row and the document in that order (the order of every
 -- path: no deadlock with web requests or other workers), then compare-and-set: the declared
 -- fields are compared again (they may come from the message), the document must still be
@@ -187,13 +194,23 @@ BEGIN
         RETURNING d.id
     )
     UPDATE s3outbox.events e
-    SET status = 'done', finished_at = v_now, updated_at = v_now
+    SET status = 'done', running = false, finished_at = v_now, updated_at = v_now
     FROM available
     WHERE e.id = p_event_id
     RETURNING e.id INTO v_done;
     RETURN v_done;
 END;
 $$;
+
+-- Where the sweeper's rolling walks are (the bucket walk: a key to start after).
+CREATE TABLE IF NOT EXISTS s3outbox.maintenance_cursors (
+    name                    text        PRIMARY KEY,
+    position                text        NOT NULL DEFAULT '',
+    pass_started_at         timestamptz,
+    last_pass_finished_at   timestamptz,
+    last_pass_seconds       float8,
+    updated_at              timestamptz NOT NULL DEFAULT now()
+);
 
 -- Which migrations (outbox/migrations/NNNN_name.sql) this database has.
 CREATE TABLE IF NOT EXISTS s3outbox.schema_migrations (
@@ -203,5 +220,6 @@ CREATE TABLE IF NOT EXISTS s3outbox.schema_migrations (
     applied_at  timestamptz NOT NULL DEFAULT now()
 );
 INSERT INTO s3outbox.schema_migrations (version, name, checksum) VALUES
-    (1, 'initial', '373aa8880402e1343d2167329ab4770c8fdff45168e92e29043cbf87c8c11874')
+    (1, 'initial', '373aa8880402e1343d2167329ab4770c8fdff45168e92e29043cbf87c8c11874'),
+    (2, 'delivery_guarantees', '8b96e22cc6678d4a1aef0f0196e80ea91b0be649b5ad5c75445bdd16561b5692')
 ON CONFLICT (version) DO NOTHING;

@@ -59,8 +59,17 @@ class Settings(BaseSettings):
     retry_max_seconds: float = Field(300.0, gt=0)
     max_failures: int = Field(8, ge=1)
     redispatch_after_seconds: float = Field(300.0, gt=0)
+    # Clock-skew margin between the app, the database and storage around an URL's expiry.
     purge_grace_seconds: float = Field(5.0, ge=0)
+    # The longest a PUT may take once started: storage checks a URL's expiry when a request
+    # starts, so a slow upload can land this long after its URL expired. A document that left
+    # a live state gets its purge re-checked after upload_expires_at + this + grace.
+    max_upload_seconds: float = Field(6 * 3600.0, ge=0)
     relay_batch_size: int = Field(200, ge=1, le=10_000)
+    # Back-pressure: the most events dispatched and unfinished; a larger backlog waits in
+    # PostgreSQL (visible as lag), not in Redis. Size it as worker processes x threads x
+    # prefetch per thread x events per message (2 x 8 x 8 x 8 = 1024 by default).
+    relay_max_in_flight: int = Field(1024, ge=1)
     relay_poll_seconds: float = Field(1.0, gt=0)
     # Most verify events one message may carry when the relay dispatches a backlog: a
     # message costs a worker more CPU than a verify's own database work. 1: one per event.
@@ -71,6 +80,11 @@ class Settings(BaseSettings):
     actor_time_limit_seconds: float = Field(120.0, gt=0)
     queue_name: str = "s3outbox"
     worker_pool_size: int = Field(8, ge=1)
+    # Bounds on every worker, relay and sweeper statement: a lock held by a slow web request
+    # (an owner's quota row) or a stuck query fails the attempt, which is retried later,
+    # instead of blocking a worker thread without limit. 0 disables.
+    db_lock_timeout_seconds: float = Field(10.0, ge=0)
+    db_statement_timeout_seconds: float = Field(60.0, ge=0)
     worker_idle_poll_seconds: float = Field(0.05, gt=0, le=10)
     # Messages a worker process holds per thread (Dramatiq's default is 2). Its Redis
     # consumer sleeps while that buffer is full, so a small one leaves threads idle.

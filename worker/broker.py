@@ -4,6 +4,9 @@ also a hint: its document's declared fields, which the worker checks against the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import (
     AgeLimit,
@@ -15,6 +18,9 @@ from dramatiq.middleware import (
 
 from outbox.constants import Topic
 from outbox.settings import Settings
+
+#: The prefix of every Redis key the broker writes.
+NAMESPACE = "s3outbox"
 
 ACTOR_NAMES: dict[Topic, str] = {topic: f"s3outbox_{topic.value}" for topic in Topic}
 #: The actor of a message that carries several verify events (a backlog, packed by the relay).
@@ -28,8 +34,19 @@ def make_broker(settings: Settings) -> RedisBroker:
     return RedisBroker(  # type: ignore[no-untyped-call]
         url=settings.redis_url,
         middleware=middleware,
-        namespace="s3outbox",
+        namespace=NAMESPACE,
         socket_timeout=10,
         socket_connect_timeout=5,
         health_check_interval=30,
     )
+
+
+def held_messages(client: redis.Redis, settings: Settings, message_ids: Sequence[str]) -> set[str]:
+    """Which of these messages the broker still holds: waiting in the queue, or fetched by
+    a worker and not acknowledged yet (Dramatiq's Redis broker keeps both in the queue's
+    ``.msgs`` hash until the ack). A message it does not hold is gone: acknowledged, dead
+    lettered, or lost with Redis's data."""
+    if not message_ids:
+        return set()
+    found = client.hmget(f"{NAMESPACE}:{settings.queue_name}.msgs", list(message_ids))
+    return {mid for mid, data in zip(message_ids, found, strict=True) if data is not None}

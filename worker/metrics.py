@@ -39,6 +39,11 @@ EVENTS_SNOOZED = Counter(
     "Verifications postponed because the object was not visible yet.",
     ["topic"],
 )
+EVENTS_POSTPONED = Counter(
+    "s3outbox_events_postponed_total",
+    "Attempts put off because storage was unavailable (not failures), by reason.",
+    ["topic", "reason"],
+)
 EVENTS_DEAD = Counter(
     "s3outbox_events_dead_total", "Events that failed their last attempt.", ["topic"]
 )

@@ -34,14 +34,37 @@ def check_connection(conn: psycopg.Connection[Any]) -> None:
         ConnectionPool.check_connection(conn)
 
 
+def timeouts_options(settings: Settings) -> str:
+    """libpq ``options`` that bound every statement of a worker, relay or sweeper session:
+    ``lock_timeout`` (a row held by a slow web request fails the attempt, retried later,
+    instead of blocking a thread without limit) and ``statement_timeout``."""
+    given = psycopg.conninfo.conninfo_to_dict(settings.database_url).get("options")
+    parts = [str(given)] if given else []  # the URL's own options are kept
+    if settings.db_lock_timeout_seconds:
+        parts.append(f"-c lock_timeout={int(settings.db_lock_timeout_seconds * 1000)}")
+    if settings.db_statement_timeout_seconds:
+        parts.append(f"-c statement_timeout={int(settings.db_statement_timeout_seconds * 1000)}")
+    return " ".join(parts)
+
+
+def connect(settings: Settings) -> psycopg.Connection[Any]:
+    """An autocommit connection with the session bounds (relay, sweeper)."""
+    return psycopg.connect(
+        settings.database_url,
+        autocommit=True,
+        connect_timeout=10,
+        options=timeouts_options(settings),
+    )
+
+
 def make_pool(settings: Settings, max_size: int | None = None) -> ConnectionPool[Any]:
     """A connection pool whose connections are checked on checkout, so a PostgreSQL restart
-    costs a reconnect, not a failed event."""
+    costs a reconnect, not a failed event. Every session has the statement bounds."""
     return ConnectionPool(
         settings.database_url,
         min_size=1,
         max_size=max_size or settings.worker_pool_size,
-        kwargs={"autocommit": True},
+        kwargs={"autocommit": True, "options": timeouts_options(settings)},
         check=check_connection,
         open=True,
         name="s3outbox-worker",

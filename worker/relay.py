@@ -28,6 +28,7 @@ from outbox.settings import Settings
 from worker import metrics
 from worker.broker import ACTOR_NAMES, VERIFY_MANY_ACTOR, make_broker
 from worker.maintenance.rescue_stale import rescue_stale
+from worker.pool import connect
 from worker.service import Stop
 
 log = logging.getLogger("s3outbox.relay")
@@ -35,6 +36,8 @@ log = logging.getLogger("s3outbox.relay")
 # A packed batch still spreads over this many messages, so every thread of a few worker
 # processes has work: packing only thins out a real backlog.
 SPREAD_MESSAGES = 32
+#: How often a relay held back by ``relay_max_in_flight`` looks for room.
+BACK_PRESSURE_POLL_SECONDS = 0.05
 
 
 class Relay:
@@ -60,10 +63,23 @@ class Relay:
         conn = self._connection()
         with conn.transaction():
             rows = conn.execute(
-                self._q["claim_events"], {"limit": self.settings.relay_batch_size, "now": now}
+                self._q["claim_events"],
+                {
+                    "limit": self.settings.relay_batch_size,
+                    "max_in_flight": self.settings.relay_max_in_flight,
+                    "now": now,
+                },
             ).fetchall()
             if rows:
-                self._send(self._messages(rows))
+                messages, packed = self._messages(rows)
+                if packed:
+                    # Events packed into one message take that message's id.
+                    ids, message_ids = zip(*packed, strict=True)
+                    conn.execute(
+                        self._q["set_message_ids"],
+                        {"ids": list(ids), "message_ids": list(message_ids)},
+                    )
+                self._send(messages)
         for _id, topic, *_ in rows:
             metrics.EVENTS_DISPATCHED.labels(topic).inc()
         metrics.RELAY_BATCHES.inc()
@@ -75,12 +91,14 @@ class Relay:
         return len(rows)
 
     def rescue(self, now: datetime | None = None) -> int:
-        """Dispatched events unfinished after ``redispatch_after_seconds`` -> pending."""
+        """Dispatched events whose message was lost or whose worker died -> pending."""
         self._last_rescue = time.monotonic()
-        return rescue_stale(self._connection(), self.settings, now)
+        return rescue_stale(self._connection(), self.settings, self.broker.client, now)
 
-    def _messages(self, rows: list[tuple[Any, ...]]) -> list[Message[Any]]:
-        """The messages of one claimed batch.
+    def _messages(
+        self, rows: list[tuple[Any, ...]]
+    ) -> tuple[list[Message[Any]], list[tuple[int, str]]]:
+        """The messages of one claimed batch, and (event id, message id) of each packed event.
 
         One message per event, except in a backlog: verify events with a hint that were never
         rescued are then packed, up to ``relay_events_per_message`` per message. A backlog is
@@ -100,13 +118,17 @@ class Relay:
             if per_message < most and self._waiting_messages() >= SPREAD_MESSAGES:
                 per_message = most
         if per_message == 1:
-            return [self._message(row) for row in rows]
-        packed = {id(r) for r in packable}
-        messages = [self._message(row) for row in rows if id(row) not in packed]
+            return [self._message(row) for row in rows], []
+        in_packs = {id(r) for r in packable}
+        messages = [self._message(row) for row in rows if id(row) not in in_packs]
+        packed: list[tuple[int, str]] = []
         for start in range(0, len(packable), per_message):
-            items = [[row[0], row[3], _hint(row)] for row in packable[start : start + per_message]]
-            messages.append(self._new_message(VERIFY_MANY_ACTOR, (items,), {}))
-        return messages
+            pack = packable[start : start + per_message]
+            items = [[row[0], row[3], _hint(row)] for row in pack]
+            message_id = str(uuid4())
+            messages.append(self._new_message(VERIFY_MANY_ACTOR, (items,), {}, message_id))
+            packed.extend((row[0], message_id) for row in pack)
+        return messages, packed
 
     def _waiting_messages(self) -> int:
         """Messages waiting in Redis for a worker (not yet fetched): how far behind they are."""
@@ -122,19 +144,21 @@ class Relay:
         kwargs: dict[str, Any] = {}
         if topic == Topic.VERIFY and row[5] is not None:
             kwargs["hint"] = _hint(row)
-        return self._new_message(ACTOR_NAMES[Topic(topic)], (event_id, attempt), kwargs)
+        message_id = row[10]
+        return self._new_message(ACTOR_NAMES[Topic(topic)], (event_id, attempt), kwargs, message_id)
 
     def _new_message(
-        self, actor_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, actor_name: str, args: tuple[Any, ...], kwargs: dict[str, Any], message_id: str
     ) -> Message[Any]:
-        # redis_message_id: what RedisBroker.enqueue adds (a unique id per send, as one
-        # event may be sent several times).
+        # redis_message_id: what RedisBroker.enqueue adds; ours is the one the claim recorded
+        # on the event (a new one per attempt), so a rescue can ask Redis whether it still
+        # holds the message.
         return Message(
             queue_name=self.settings.queue_name,
             actor_name=actor_name,
             args=args,
             kwargs=kwargs,
-            options={"redis_message_id": str(uuid4())},
+            options={"redis_message_id": message_id},
         )
 
     def _send(self, messages: list[Message[Any]]) -> None:
@@ -180,6 +204,10 @@ class Relay:
         due = self._connection().execute(self._q["next_due_in"], {"now": None}).fetchone()
         if due is not None and due[0] is not None:
             timeout = max(0.0, min(timeout, float(due[0])))
+            if timeout == 0 and due[1] >= self.settings.relay_max_in_flight:
+                # Due events wait for room: finishing workers send no NOTIFY, so look again
+                # soon (a cheap count), not after a whole poll interval.
+                timeout = min(BACK_PRESSURE_POLL_SECONDS, self.settings.relay_poll_seconds)
         if timeout == 0:
             return
         listen = self._listener()
@@ -193,9 +221,7 @@ class Relay:
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(
-                self.settings.database_url, autocommit=True, connect_timeout=10
-            )
+            self._conn = connect(self.settings)
         return self._conn
 
     def _listener(self) -> psycopg.Connection[Any]:
@@ -218,7 +244,7 @@ class Relay:
 
 def _hint(row: tuple[Any, ...]) -> dict[str, Any]:
     """A claimed verify event's document fields, as its message carries them."""
-    _id, _topic, document_id, _attempt, trace_id, key, size, sha256, ctype, _rescues = row
+    _id, _topic, document_id, _attempt, trace_id, key, size, sha256, ctype, *_ = row
     return {
         "document_id": str(document_id),
         "trace_id": trace_id,

@@ -6,10 +6,12 @@ Workers use the *internal* endpoint; only the web app's presigned URLs use the p
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from outbox.presign import make_client
 from outbox.settings import Settings
@@ -31,6 +33,73 @@ class ObjectInfo:
     size: int
     content_type: str | None
     sha256_b64: str | None
+    #: Stored metadata that changes what a download serves and that s3-outbox never sets
+    #: (an uploader can add unsigned headers to a presigned PUT): (header, value) pairs.
+    foreign_metadata: tuple[tuple[str, str], ...] = ()
+
+
+#: HeadObject fields that a stored object carries into every GET response.
+_RESPONSE_METADATA = (
+    ("ContentEncoding", "Content-Encoding"),
+    ("CacheControl", "Cache-Control"),
+    ("ContentDisposition", "Content-Disposition"),
+    ("ContentLanguage", "Content-Language"),
+    ("ExpiresString", "Expires"),
+    ("WebsiteRedirectLocation", "x-amz-website-redirect-location"),
+)
+#: Values that mean "nothing set" for those fields.
+_NEUTRAL = {"", "identity"}
+
+
+def foreign_metadata(head: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The response-affecting metadata of a HeadObject response that s3-outbox did not set:
+    Content-Encoding (other than identity), Cache-Control, Content-Disposition,
+    Content-Language, Expires, a website redirect, and any user metadata (x-amz-meta-*)."""
+    found = []
+    for field, header in _RESPONSE_METADATA:
+        value = head.get(field)
+        if value is not None and str(value).strip().lower() not in _NEUTRAL:
+            found.append((header, str(value)))
+    for name, value in sorted((head.get("Metadata") or {}).items()):
+        found.append((f"x-amz-meta-{name}", str(value)))
+    return tuple(found)
+
+
+#: Error codes that mean storage cannot serve us now, whatever the object: an outage,
+#: throttling, or credentials/permissions the operator must fix. Never the event's fault.
+_UNAVAILABLE_CODES = {
+    "SlowDown": "throttled",
+    "ServiceUnavailable": "server_error",
+    "InternalError": "server_error",
+    "RequestTimeout": "connection",
+    "AccessDenied": "access_denied",
+    "403": "access_denied",
+    "Forbidden": "access_denied",
+    "InvalidAccessKeyId": "access_denied",
+    "SignatureDoesNotMatch": "access_denied",
+    "ExpiredToken": "access_denied",
+    "NoSuchBucket": "bucket_missing",
+}
+
+
+def unavailable(exc: BaseException) -> str | None:
+    """Why storage could not serve a request (a reason label), or None when the error is
+    about this request itself. Unavailability is retried without limit and never makes an
+    event dead: an outage of any length, or credentials fixed an hour later, lose nothing."""
+    if isinstance(exc, BucketMissing):
+        return "bucket_missing"
+    if isinstance(exc, BotoConnectionError | HTTPClientError):
+        return "connection"
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        if code in _UNAVAILABLE_CODES:
+            return _UNAVAILABLE_CODES[code]
+        if status == 403:
+            return "access_denied"
+        if status >= 500:
+            return "server_error"
+    return None
 
 
 class Storage:
@@ -60,6 +129,7 @@ class Storage:
             size=int(resp["ContentLength"]),
             content_type=resp.get("ContentType"),
             sha256_b64=checksum,
+            foreign_metadata=foreign_metadata(resp),
         )
 
     def sha256_hex(self, key: str, max_bytes: int) -> str | None:

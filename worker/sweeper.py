@@ -12,6 +12,7 @@ import psycopg
 from outbox.settings import Settings
 from worker import metrics
 from worker.maintenance import ExpireAbandoned, Job, PruneDone, RescueStale
+from worker.pool import connect
 from worker.service import Stop
 
 log = logging.getLogger("s3outbox.sweeper")
@@ -54,9 +55,7 @@ class Sweeper:
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(
-                self.settings.database_url, autocommit=True, connect_timeout=10
-            )
+            self._conn = connect(self.settings)
         return self._conn
 
     def reset(self) -> None:

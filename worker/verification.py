@@ -16,7 +16,8 @@ class Declared:
 
 
 def mismatch(declared: Declared, info: ObjectInfo, computed_sha256_hex: str | None) -> str | None:
-    """Why the object does not match, or None when size, SHA-256 and content type all match.
+    """Why the object does not match, or None when size, SHA-256 and content type match and
+    the object carries no response-affecting metadata s3-outbox did not set (invariant 1).
 
     ``computed_sha256_hex`` is the hash of the body read in full, used when HeadObject gave
     no SHA-256 checksum; with neither, the object cannot be proven and does not match.
@@ -33,4 +34,7 @@ def mismatch(declared: Declared, info: ObjectInfo, computed_sha256_hex: str | No
     stored_type = (info.content_type or "").split(";")[0].strip().lower()
     if stored_type != declared.content_type:
         return f"content type mismatch: declared {declared.content_type}, stored {stored_type}"
+    if info.foreign_metadata:
+        shown = ", ".join(f"{name}: {value[:80]}" for name, value in info.foreign_metadata)
+        return f"stored metadata the service did not set (it would change downloads): {shown}"
     return None

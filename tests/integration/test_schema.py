@@ -50,7 +50,13 @@ def test_schema_sql_on_a_new_database_is_up_to_date_and_works(base_settings):
                         "SELECT tablename FROM pg_tables WHERE schemaname = 's3outbox'"
                     ).fetchall()
                 }
-                assert tables == {"documents", "quotas", "events", "schema_migrations"}
+                assert tables == {
+                    "documents",
+                    "quotas",
+                    "events",
+                    "maintenance_cursors",
+                    "schema_migrations",
+                }
                 triggers = c.execute(
                     "SELECT count(*) FROM pg_trigger WHERE tgname = 'events_notify'"
                 ).fetchone()

@@ -140,7 +140,8 @@ def test_full_lifecycle_leaks_no_secret(secret_settings: Settings, log_output: i
             got = outbox.get(conn, owner_id="alice", document_id=doc_id)
             assert got.status == DocumentStatus.DELETED
 
-            # A storage call that fails (a worker with the wrong secret): the event dies.
+            # Storage refuses a worker with the wrong secret: the event is postponed (a
+            # configuration error is not the event's failure), its last error recorded.
             other = b"second document " * 50
             ticket2 = outbox.request_upload(
                 conn,
@@ -160,12 +161,12 @@ def test_full_lifecycle_leaks_no_secret(secret_settings: Settings, log_output: i
             failing = EventProcessor(settings, pool, Storage(wrong))
             relay.run_once()
             ((event_id, attempt),) = dispatched_events(settings)
-            assert failing.process(event_id, attempt) == Outcome.DEAD
+            assert failing.process(event_id, attempt) == Outcome.POSTPONED
             row = conn.execute(
                 "SELECT status, last_error FROM s3outbox.events WHERE id = %s", (event_id,)
             ).fetchone()
             conn.commit()
-            assert row is not None and row[0] == "dead" and row[1]
+            assert row is not None and row[0] == "pending" and row[1]
 
             # Presign with the wrong secret too (a signature nobody may see either).
             signatures.append(
@@ -191,11 +192,11 @@ def test_full_lifecycle_leaks_no_secret(secret_settings: Settings, log_output: i
     ]
     logged = log_output.getvalue()
     # The capture works and saw the whole story, boto's DEBUG lines included.
-    for expected in ("upload requested", "upload confirmed", "delete requested", "is dead"):
+    for expected in ("upload requested", "upload confirmed", "delete requested", "postponed"):
         assert expected in logged, expected
     assert " botocore" in logged and " urllib3" in logged
     assert_clean(logged, secrets, "the logs")
-    assert_clean(str(row[1]), secrets, "last_error of the dead event")
+    assert_clean(str(row[1]), secrets, "last_error of the postponed event")
 
 
 def test_metrics_scrape_leaks_no_secret(secret_settings: Settings, log_output: io.StringIO) -> None:

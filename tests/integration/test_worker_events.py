@@ -22,6 +22,7 @@ from tests.support.util import wait_for
 from tests.support.worker import (
     ACCEPT_VERIFIED_SQL,
     LOCK_EVENT_SQL,
+    START_ATTEMPTS_SQL,
     Background,
     after,
     blob_exists,
@@ -32,6 +33,7 @@ from tests.support.worker import (
     doc_row,
     drain_at,
     events_of,
+    lose_messages,
     quota_row,
     request,
     row_locked,
@@ -39,7 +41,7 @@ from tests.support.worker import (
     upload,
     wait_blocked,
 )
-from worker.events import EventProcessor, Outcome
+from worker.events import EventProcessor, Outcome, lifecycle
 from worker.pool import make_pool
 from worker.relay import Relay
 from worker.storage import Storage
@@ -90,6 +92,7 @@ def test_verify_stale_attempt_after_redispatch_changes_nothing(
     relay.run_once()
     event_id, first = only_dispatched(settings, "verify")
     later = after(db_now(settings), 60)
+    lose_messages(settings)
     assert relay.rescue(now=later) == 1
     relay.run_once(now=later)
     assert only_dispatched(settings, "verify") == (event_id, first + 1)
@@ -98,6 +101,38 @@ def test_verify_stale_attempt_after_redispatch_changes_nothing(
     assert processor.process(event_id, first, now=later) == Outcome.SKIPPED
     assert processor.process(event_id, first + 1, now=later) == Outcome.SKIPPED
     assert doc_row(settings, ticket.document.id)["status"] == DocumentStatus.AVAILABLE
+    assert_quota(settings, "alice", len(body), 0)
+
+
+def handle_directly(processor: EventProcessor, event_id: int, attempt: int) -> Outcome:
+    """The verify handler of an event, past the start gate (which lets one attempt in)."""
+    from worker.events import verify
+    from worker.pool import read_one
+
+    q = lifecycle.sql()
+    event = read_one(processor.pool, q["read_event"], {"id": event_id})
+    assert event is not None
+    doc = read_one(processor.pool, q["read_document"], {"id": event["document_id"]})
+    return verify.handle(processor.context, event, doc, attempt, None)
+
+
+def test_a_duplicate_delivery_of_a_running_attempt_stops_at_the_start(
+    outbox: Outbox, conn: Conn, settings: Settings, relay: Relay, processor: EventProcessor
+):
+    """Two deliveries of one message at once: one starts the attempt, the other stops before
+    any storage call and charges no failure; the event ends done once."""
+    body = body_of(4100)
+    ticket = upload(outbox, conn, "alice", body)
+    relay.run_once()
+    event_id, attempt = only_dispatched(settings, "verify")
+    with row_locked(settings, "events", event_id) as holder:
+        runs = [Background(lambda: processor.process(event_id, attempt)) for _ in range(2)]
+        wait_blocked(settings, START_ATTEMPTS_SQL, count=2)
+        holder.rollback()
+        outcomes = sorted(r.join() for r in runs)
+    assert outcomes == sorted([Outcome.DONE, Outcome.SKIPPED])
+    (event,) = events_of(settings, ticket.document.id)
+    assert (event["status"], event["failures"], event["running"]) == ("done", 0, False)
     assert_quota(settings, "alice", len(body), 0)
 
 
@@ -116,8 +151,10 @@ def test_concurrent_duplicate_rejection_queues_one_purge(
     relay.run_once()
     event_id, attempt = only_dispatched(settings, "verify")
 
+    # Both handlers got past the start (a worker presumed dead and its redelivery, say):
+    # drive the handler itself, so both look at storage and race in the final transaction.
     with row_locked(settings, "events", event_id) as holder:
-        runs = [Background(lambda: processor.process(event_id, attempt)) for _ in range(2)]
+        runs = [Background(lambda: handle_directly(processor, event_id, attempt)) for _ in range(2)]
         wait_blocked(settings, LOCK_EVENT_SQL, count=2)
         holder.rollback()
         outcomes = sorted(r.join() for r in runs)
@@ -139,7 +176,7 @@ def test_concurrent_duplicate_acceptance_charges_once(
     relay.run_once()
     event_id, attempt = only_dispatched(settings, "verify")
     with row_locked(settings, "events", event_id) as holder:
-        runs = [Background(lambda: processor.process(event_id, attempt)) for _ in range(3)]
+        runs = [Background(lambda: handle_directly(processor, event_id, attempt)) for _ in range(3)]
         wait_blocked(settings, ACCEPT_VERIFIED_SQL, count=3)
         holder.rollback()
         outcomes = [r.join() for r in runs]
@@ -542,10 +579,15 @@ def test_delete_while_verify_in_flight(
     ticket = upload(outbox, conn, "alice", body)
     relay.run_once()
     event_id, attempt = only_dispatched(settings, "verify")
+    hint = relay_hint(relay, event_id)
 
+    # The worker started its attempt; its HEAD is done (the object matches) and it waits for
+    # the event lock in its accepting statement.
+    (event,) = lifecycle.start(processor.pool, settings, [(event_id, attempt)], None).values()
     with row_locked(settings, "events", event_id) as holder:
-        run = Background(lambda: processor.process(event_id, attempt))
-        # HEAD done (the object matches), waiting for the event lock
+        run = Background(
+            lambda: processor.handle_started(event, event_id, attempt, None, hint, 0.0)
+        )
         wait_blocked(settings, ACCEPT_VERIFIED_SQL)
         outbox.delete(conn, owner_id="alice", document_id=ticket.document.id)
         conn.commit()
@@ -767,8 +809,11 @@ def test_rescue_stale_returns_dispatched_events_to_pending(
     event_id, attempt = only_dispatched(settings, "verify")
     (event,) = events_of(settings, ticket.document.id)
     stale_after = settings.redispatch_after_seconds
-    assert sweeper.run_job("rescue_stale", now=after(event["dispatched_at"], stale_after - 1)) == 0
     later = after(event["dispatched_at"], stale_after + 1)
+    # Still waiting in Redis (no worker took it): waiting is not lost, however long.
+    assert sweeper.run_job("rescue_stale", now=after(later, 3600)) == 0
+    lose_messages(settings)  # Redis restarted empty
+    assert sweeper.run_job("rescue_stale", now=after(event["dispatched_at"], stale_after - 1)) == 0
     assert sweeper.run_job("rescue_stale", now=later) == 1
     (event,) = events_of(settings, ticket.document.id)
     assert (event["status"], event["attempts"], event["failures"]) == ("pending", 1, 0)
@@ -779,24 +824,35 @@ def test_rescue_stale_returns_dispatched_events_to_pending(
     assert doc_row(settings, ticket.document.id)["status"] == DocumentStatus.AVAILABLE
 
 
-def test_rescue_gives_up_on_an_event_that_never_finishes(
+def test_an_event_whose_worker_dies_every_time_ends_dead(
     outbox: Outbox, conn: Conn, make_settings: Any, settings: Settings, relay: Relay
 ):
-    """An event whose worker dies every time is dead after being lost max_failures times."""
+    """A worker starts the attempt and dies (SIGKILL, out of memory) before recording an
+    outcome, every time: each start of an event still marked running counts as a failed
+    attempt, and after max_failures of them the event is dead (never from a rescue)."""
     few = make_settings(max_failures=3)
     sweeper = Sweeper(few)
+    pool = make_pool(few, max_size=2)
     try:
         ticket = upload(outbox, conn, "alice", body_of(1000))
         now = db_now(settings)
         for _ in range(3):
             relay.run_once(now=now)
+            event_id, attempt = only_dispatched(settings, "verify")
+            # The worker starts the attempt, then dies: nothing else is recorded.
+            assert lifecycle.start(pool, few, [(event_id, attempt)], now)
             now = after(now, settings.redispatch_after_seconds + 1)
             sweeper.run_job("rescue_stale", now=now)
+        relay.run_once(now=now)
+        event_id, attempt = only_dispatched(settings, "verify")
+        started = lifecycle.start(pool, few, [(event_id, attempt)], now)
         (event,) = events_of(settings, ticket.document.id)
-        assert (event["status"], event["attempts"], event["rescues"]) == ("dead", 3, 3)
-        assert "gave up" in event["last_error"]
+        assert started[event_id]["status"] == "dead"
+        assert (event["status"], event["failures"], event["rescues"]) == ("dead", 3, 3)
+        assert "died before it finished" in event["last_error"]
     finally:
         sweeper.close()
+        pool.close()
 
 
 # -- failures ----------------------------------------------------------------------------
@@ -805,8 +861,8 @@ SECRET = "Sekr3t-" + os.urandom(8).hex()
 
 
 @pytest.fixture
-def failing_processor(make_settings: Any, settings: Settings):
-    """A processor whose storage credentials are wrong: every S3 call fails (403)."""
+def refused_processor(make_settings: Any, settings: Settings):
+    """A processor whose storage credentials are wrong: storage refuses every call (403)."""
     bad = make_settings(s3_secret_access_key=SECRET, max_failures=3)
     pool = make_pool(bad, max_size=2)
     yield EventProcessor(bad, pool, Storage(bad))
@@ -814,15 +870,18 @@ def failing_processor(make_settings: Any, settings: Settings):
 
 
 @pytest.mark.parametrize("topic", ["verify", "purge"])
-def test_storage_failure_retries_with_backoff_then_dead_then_cli_retry(
+def test_storage_refusing_our_credentials_postpones_and_never_kills_the_event(
     outbox: Outbox,
     conn: Conn,
     settings: Settings,
     relay: Relay,
-    failing_processor: EventProcessor,
+    refused_processor: EventProcessor,
     inline_worker: InlineWorker,
     topic: str,
 ):
+    """Credentials rotated wrongly, for longer than max_failures attempts: every attempt is
+    postponed with a growing backoff, no failure is charged, nothing leaks a secret, and once
+    storage takes our credentials again the event finishes."""
     body = body_of(1500)
     ticket = upload(outbox, conn, "alice", body)
     if topic == "purge":
@@ -831,33 +890,76 @@ def test_storage_failure_retries_with_backoff_then_dead_then_cli_retry(
         conn.commit()
     doc_id = ticket.document.id
     now = db_now(settings)
-    max_failures = failing_processor.settings.max_failures
-    for failures in range(1, max_failures + 1):
+    delays = []
+    for _ in range(3 * refused_processor.settings.max_failures):
         relay.run_once(now=now)
         event_id, attempt = only_dispatched(settings, topic)
-        outcome = failing_processor.process(event_id, attempt, now=now)
+        assert refused_processor.process(event_id, attempt, now=now) == Outcome.POSTPONED
         (event,) = events_of(settings, doc_id, topic)
-        assert event["failures"] == failures
-        assert event["last_error"], event
+        assert (event["status"], event["failures"], event["running"]) == ("pending", 0, False)
+        assert "access_denied" in event["last_error"]
         assert SECRET not in event["last_error"]
         assert "X-Amz-Signature=" not in event["last_error"]
-        if failures < max_failures:
-            assert outcome == Outcome.RETRY
-            assert event["status"] == "pending"
-            assert event["available_at"] > now
-            # A stale copy of the failed attempt cannot count a second failure.
-            assert failing_processor.process(event_id, attempt, now=now) == Outcome.STALE
-            assert events_of(settings, doc_id, topic)[0]["failures"] == failures
-            now = event["available_at"]
-        else:
-            assert outcome == Outcome.DEAD
-            assert event["status"] == "dead"
-            assert event["finished_at"] is not None
-    dead = events_of(settings, doc_id, topic)[0]
-    assert "403" in dead["last_error"] or "Signature" in dead["last_error"]
-    # The document did not move while its event failed.
+        # A stale copy of the postponed attempt stops at the start.
+        assert refused_processor.process(event_id, attempt, now=now) == Outcome.SKIPPED
+        delays.append((event["available_at"] - now).total_seconds())
+        now = event["available_at"]
+    assert delays[-1] > delays[0]  # the backoff grows (up to retry_max_seconds)
+    # The document did not move while storage refused us.
     expected = DocumentStatus.UPLOADED if topic == "verify" else DocumentStatus.DELETING
     assert doc_row(settings, doc_id)["status"] == expected
+
+    # Storage takes the real credentials again.
+    drain_at(settings, relay, inline_worker.processor, now)
+    doc = doc_row(settings, doc_id)
+    if topic == "verify":
+        assert doc["status"] == DocumentStatus.AVAILABLE
+        assert_quota(settings, "alice", len(body), 0)
+    else:
+        assert doc["status"] == DocumentStatus.DELETED
+        assert not blob_exists(settings, ticket.document.object_key)
+        assert_quota(settings, "alice", 0, 0)
+    assert events_of(settings, doc_id, topic)[0]["status"] == "done"
+
+
+def test_a_failing_event_retries_with_backoff_then_dead_then_cli_retry(
+    make_settings: Any, settings: Settings, relay: Relay
+):
+    """An attempt that fails because of the event itself (here a purge naming a key outside
+    the prefix, which the actor refuses) is retried with backoff, then dead; `s3-outbox events
+    retry --dead` sends it back."""
+    few = make_settings(max_failures=3)
+    pool = make_pool(few, max_size=2)
+    processor = EventProcessor(few, pool, Storage(few))
+    doc_id = uuid.uuid4()
+    with psycopg.connect(settings.database_url, autocommit=True) as c:
+        c.execute(
+            "INSERT INTO s3outbox.events (topic, document_id, object_key) VALUES (%s, %s, %s)",
+            (Topic.PURGE.value, doc_id, f"elsewhere/{doc_id}"),
+        )
+    try:
+        now = db_now(settings)
+        for failures in range(1, few.max_failures + 1):
+            relay.run_once(now=now)
+            event_id, attempt = only_dispatched(settings, "purge")
+            outcome = processor.process(event_id, attempt, now=now)
+            (event,) = events_of(settings, doc_id, "purge")
+            assert event["failures"] == failures
+            assert "refusing to purge" in event["last_error"]
+            if failures < few.max_failures:
+                assert outcome == Outcome.RETRY
+                assert event["status"] == "pending"
+                assert event["available_at"] > now
+                # A stale copy of the failed attempt cannot count a second failure.
+                assert processor.process(event_id, attempt, now=now) == Outcome.SKIPPED
+                assert events_of(settings, doc_id, "purge")[0]["failures"] == failures
+                now = event["available_at"]
+            else:
+                assert outcome == Outcome.DEAD
+                assert event["status"] == "dead"
+                assert event["finished_at"] is not None
+    finally:
+        pool.close()
     # Nothing picks up a dead event.
     assert relay.run_once(now=after(now, 3600)) == 0
 
@@ -874,27 +976,18 @@ def test_storage_failure_retries_with_backoff_then_dead_then_cli_retry(
     )
     assert cli.returncode == 0, cli.stderr
     assert "1 events back to pending" in cli.stdout
-    retried = events_of(settings, doc_id, topic)[0]
+    retried = events_of(settings, doc_id, "purge")[0]
     # attempts is not reset: a message still in flight from before cannot pass for a new one.
     assert (retried["status"], retried["failures"], retried["rescues"]) == ("pending", 0, 0)
     assert retried["finished_at"] is None
 
-    inline_worker.drain()  # storage works again for the real processor
-    doc = doc_row(settings, doc_id)
-    if topic == "verify":
-        assert doc["status"] == DocumentStatus.AVAILABLE
-        assert_quota(settings, "alice", len(body), 0)
-    else:
-        assert doc["status"] == DocumentStatus.DELETED
-        assert not blob_exists(settings, ticket.document.object_key)
-        assert_quota(settings, "alice", 0, 0)
-    assert events_of(settings, doc_id, topic)[0]["status"] == "done"
 
-
-def test_a_missing_bucket_is_a_failure_not_a_missing_object(
+def test_a_missing_bucket_is_postponed_not_a_missing_object(
     outbox: Outbox, conn: Conn, make_settings: Any, settings: Settings, relay: Relay
 ):
-    """Workers pointed at a wrong bucket must not reject good uploads as "not found"."""
+    """Workers pointed at a wrong bucket must not reject good uploads as "not found", and a
+    configuration error is not the event's failure: it is postponed, with no failure charged,
+    until the operator fixes it."""
     ticket = upload(outbox, conn, "alice", body_of(700))
     wrong = make_settings(s3_bucket="no-such-bucket-" + uuid.uuid4().hex[:8])
     pool = make_pool(wrong, max_size=2)
@@ -904,10 +997,11 @@ def test_a_missing_bucket_is_a_failure_not_a_missing_object(
         outcome = EventProcessor(wrong, pool, Storage(wrong)).process(event_id, attempt)
     finally:
         pool.close()
-    assert outcome == Outcome.RETRY
+    assert outcome == Outcome.POSTPONED
     assert doc_row(settings, ticket.document.id)["status"] == DocumentStatus.UPLOADED
     (event,) = events_of(settings, ticket.document.id, "verify")
     assert "BucketMissing" in event["last_error"]
+    assert (event["status"], event["failures"], event["running"]) == ("pending", 0, False)
 
 
 def test_relay_pipeline_stores_messages_as_dramatiq_enqueue(relay: Relay) -> None:

@@ -187,6 +187,7 @@ LOCK_EVENT_SQL = "%FROM s3outbox.events e WHERE e.id%FOR UPDATE%"
 LOCK_DOCUMENT_SQL = "%SELECT d.* FROM s3outbox.documents d WHERE d.id%FOR UPDATE%"
 # The verify fast path: one call that takes the same locks inside s3outbox.accept_verified.
 ACCEPT_VERIFIED_SQL = "%s3outbox.accept_verified(%"
+START_ATTEMPTS_SQL = "%UPDATE s3outbox.events e%SET running%"
 
 
 @contextlib.contextmanager
@@ -319,3 +320,19 @@ def outbox_idle(settings: Settings) -> bool:
 
 def dead_events(settings: Settings) -> list[Row]:
     return query(settings, "SELECT * FROM s3outbox.events WHERE status = 'dead'")
+
+
+def lose_messages(settings: Settings) -> None:
+    """Redis loses every message of the test's queue (as a restart without persistence
+    does): waiting, and fetched but not acknowledged."""
+    import redis
+
+    from worker.broker import NAMESPACE
+
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        client.delete(
+            f"{NAMESPACE}:{settings.queue_name}", f"{NAMESPACE}:{settings.queue_name}.msgs"
+        )
+    finally:
+        client.close()

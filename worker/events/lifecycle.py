@@ -16,6 +16,7 @@ from enum import StrEnum
 from functools import cache
 from typing import Any
 
+from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from outbox import queries
@@ -40,6 +41,7 @@ class Outcome(StrEnum):
     DONE = "done"  # the work is done and the event is marked done
     SKIPPED = "skipped"  # the event was already finished: nothing changed
     SNOOZED = "snoozed"  # the object is not visible yet: try again later
+    POSTPONED = "postponed"  # storage unavailable (an outage, a refused request): try later
     RETRY = "retry"  # the attempt failed; the event will be retried after a backoff
     DEAD = "dead"  # the attempt failed and it was the last one
     STALE = "stale"  # another attempt owns the event now; this one changed nothing
@@ -70,6 +72,32 @@ def record(event_id: int, topic: str, outcome: Outcome, started: float) -> None:
         outcome.value,
         extra={"event_id": event_id, "topic": topic},
     )
+
+
+def start(
+    pool: ConnectionPool[Any],
+    settings: Settings,
+    attempts: list[tuple[int, int]],
+    now: datetime | None,
+) -> dict[int, Row]:
+    """Begin the attempts ``(event id, attempt)`` of one message, in one statement: the
+    event rows of those that may start (current attempt, unfinished), by id. An event whose
+    last start's worker died is charged a failure first, and comes back ``dead`` when that
+    was its last. A missing id: a stale or repeated message, or a finished event."""
+    if not attempts:
+        return {}
+    with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            sql()["start_attempts"],
+            {
+                "ids": [event_id for event_id, _ in attempts],
+                "attempts": [attempt for _, attempt in attempts],
+                "max_failures": settings.max_failures,
+                "stale_after": settings.redispatch_after_seconds,
+                "now": now,
+            },
+        ).fetchall()
+    return {row["id"]: row for row in rows}
 
 
 def lock(cur: Cursor, event: Row, now: datetime | None) -> Locked | None:
@@ -106,6 +134,32 @@ def snooze(
         return Outcome.STALE
     metrics.EVENTS_SNOOZED.labels(event["topic"]).inc()
     return Outcome.SNOOZED
+
+
+def postpone(
+    pool: ConnectionPool[Any],
+    settings: Settings,
+    event: Row,
+    attempt: int,
+    reason: str,
+    exc: BaseException,
+    now: datetime | None,
+) -> Outcome:
+    """Storage was unavailable (down, throttling, refusing our credentials): not a failure of
+    this event, so it never counts toward ``dead`` however long the outage lasts. Pending
+    again after a backoff that grows with the attempts (up to ``retry_max_seconds``)."""
+    error = redact(f"storage unavailable ({reason}): {type(exc).__name__}: {exc}")[:2000]
+    delay = backoff_seconds(settings, min(attempt, 32))
+    with transaction(pool) as cur:
+        row = cur.execute(
+            sql()["snooze_event"],
+            {"id": event["id"], "attempt": attempt, "delay": delay, "now": now, "error": error},
+        ).fetchone()
+    if row is None:
+        return Outcome.STALE
+    metrics.EVENTS_POSTPONED.labels(event["topic"], reason).inc()
+    log.warning("event %s postponed %.1fs: %s", event["id"], delay, error)
+    return Outcome.POSTPONED
 
 
 def fail(

@@ -1,6 +1,6 @@
-"""Handle an outbox event by id: read it with its document, pick its topic's handler, and
-record how it ended. A failure of the work is recorded on the event (retry with backoff,
-or dead), never raised."""
+"""Handle the events of one message: start their attempts (one statement), pick each topic's
+handler, and record how each ended. A failure of the work is recorded on the event (retry
+with backoff, or dead); storage being unavailable only postpones it; neither is raised."""
 
 from __future__ import annotations
 
@@ -10,17 +10,18 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
-from psycopg.rows import dict_row
+import psycopg
 from psycopg_pool import ConnectionPool
 
 from outbox.constants import EventStatus, Topic
 from outbox.logs import log_context
 from outbox.settings import Settings
+from worker import metrics
 from worker.events import expire, lifecycle, purge, verify
 from worker.events.context import Context
 from worker.events.lifecycle import Outcome
-from worker.pool import Row
-from worker.storage import Storage
+from worker.pool import Row, read_one
+from worker.storage import Storage, unavailable
 
 log = logging.getLogger("s3outbox.worker")
 
@@ -30,6 +31,9 @@ HANDLERS: dict[str, Handler] = {
     Topic.EXPIRE: expire.handle,
     Topic.PURGE: purge.handle,
 }
+#: Timeouts of our own statements (db_lock_timeout_seconds, db_statement_timeout_seconds):
+#: the attempt failed and is retried; unlike a lost connection, they can be recorded.
+_TIMEOUTS = (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled)
 
 
 class EventProcessor:
@@ -52,64 +56,90 @@ class EventProcessor:
         """Handle one event. ``attempt`` is the dispatch number the message carries; ``hint``
         the document's declared fields a verify message carries (``verify.handle_hinted``).
 
-        Never raises for a failure of the work itself: the failure is recorded on the event
-        (retry with backoff, or dead). Raises only when even that cannot be written (the
-        database is down); the event then stays dispatched and is sent again later.
+        Never raises for a failure of the work itself. Raises only when the database cannot
+        be reached to start the attempt or record its outcome; the event is then sent again
+        later (see ``maintenance.rescue_stale``).
         """
         started = time.monotonic()
-        if hint is not None and verify.handle_hinted(self.context, event_id, hint, now, started):
-            return Outcome.DONE
-        event, doc = self._read_event_and_document(event_id)
-        if event is None or event["status"] in (EventStatus.DONE, EventStatus.DEAD):
-            return Outcome.SKIPPED
-        topic = event["topic"]
-        with log_context(trace_id=event["trace_id"], document_id=event["document_id"]):
-            try:
-                outcome = HANDLERS[topic](self.context, event, doc, attempt, now)
-            except Exception as exc:
-                log.warning(
-                    "event %s (%s) attempt %s failed: %s",
-                    event_id,
-                    topic,
-                    attempt,
-                    exc,
-                    extra={"event_id": event_id, "topic": topic},
-                )
-                outcome = lifecycle.fail(self.pool, self.settings, event, attempt, exc, now)
-            lifecycle.record(event_id, topic, outcome, started)
-        return outcome
+        events = lifecycle.start(self.pool, self.settings, [(event_id, attempt)], now)
+        return self.handle_started(events.get(event_id), event_id, attempt, now, hint, started)
 
     def process_many(self, items: list[list[Any]], *, now: datetime | None = None) -> list[Outcome]:
-        """Handle the events of a packed message, ``[event_id, attempt, hint]`` each, one by
-        one (each in its own transaction, as if each had its own message). A malformed item
-        is skipped with a warning: its event stays dispatched and is sent again later."""
-        outcomes: list[Outcome] = []
+        """Handle the events of a packed message, ``[event_id, attempt, hint]`` each: their
+        attempts start in one statement, then each is handled alone, in its own transaction,
+        as if it had its own message. A malformed item is skipped with a warning: its event
+        stays dispatched and is sent again later."""
+        started = time.monotonic()
+        parsed: list[tuple[int, int, Mapping[str, Any] | None]] = []
         for item in items:
             try:
                 event_id, attempt, hint = item
-                event_id, attempt = int(event_id), int(attempt)
+                parsed.append(
+                    (int(event_id), int(attempt), hint if isinstance(hint, dict) else None)
+                )
             except (TypeError, ValueError):
                 log.warning("skipping a malformed item of a packed message: %r", item)
-                continue
-            outcomes.append(
-                self.process(
-                    event_id, attempt, now=now, hint=hint if isinstance(hint, dict) else None
-                )
-            )
-        return outcomes
+        events = lifecycle.start(self.pool, self.settings, [(e, a) for e, a, _ in parsed], now)
+        return [
+            self.handle_started(events.get(event_id), event_id, attempt, now, hint, started)
+            for event_id, attempt, hint in parsed
+        ]
 
-    def _read_event_and_document(self, event_id: int) -> tuple[Row | None, Row | None]:
-        """The event and its document (no locks), both queries in one pipeline: one round
-        trip and one pool checkout."""
-        q = lifecycle.sql()
-        with self.pool.connection() as conn:
-            with conn.pipeline():
-                events = conn.cursor(row_factory=dict_row).execute(
-                    q["read_event"], {"id": event_id}
-                )
-                docs = conn.cursor(row_factory=dict_row).execute(
-                    q["read_document_of_event"], {"id": event_id}
-                )
-            event: Row | None = events.fetchone()
-            doc: Row | None = docs.fetchone()
-        return event, doc
+    def handle_started(
+        self,
+        event: Row | None,
+        event_id: int,
+        attempt: int,
+        now: datetime | None,
+        hint: Mapping[str, Any] | None,
+        started: float,
+    ) -> Outcome:
+        """Handle an event whose attempt ``lifecycle.start`` began (``event`` is the row it
+        returned; None: it did not start). ``started``: a ``time.monotonic()`` reading."""
+        if event is None:  # stale, repeated, or already finished: nothing to do
+            return Outcome.SKIPPED
+        topic = event["topic"]
+        with log_context(trace_id=event["trace_id"], document_id=event["document_id"]):
+            if event["status"] == EventStatus.DEAD:
+                metrics.EVENTS_DEAD.labels(topic).inc()
+                log.error("event %s is dead: %s", event_id, event["last_error"])
+                lifecycle.record(event_id, topic, Outcome.DEAD, started)
+                return Outcome.DEAD
+            try:
+                outcome = self._run(event, attempt, now, hint)
+            except Exception as exc:
+                outcome = self._failed(event, attempt, exc, now)
+            lifecycle.record(event_id, topic, outcome, started)
+        return outcome
+
+    def _run(
+        self, event: Row, attempt: int, now: datetime | None, hint: Mapping[str, Any] | None
+    ) -> Outcome:
+        topic = event["topic"]
+        if (
+            hint is not None
+            and topic == Topic.VERIFY
+            and verify.handle_hinted(self.context, event["id"], hint, now)
+        ):
+            return Outcome.DONE
+        doc = read_one(self.pool, lifecycle.sql()["read_document"], {"id": event["document_id"]})
+        return HANDLERS[topic](self.context, event, doc, attempt, now)
+
+    def _failed(self, event: Row, attempt: int, exc: Exception, now: datetime | None) -> Outcome:
+        event_id, topic = event["id"], event["topic"]
+        if isinstance(exc, psycopg.OperationalError) and not isinstance(exc, _TIMEOUTS):
+            # The database went away: nothing can be recorded now. The event stays
+            # dispatched and is sent again once a rescue finds its message gone.
+            raise exc
+        reason = unavailable(exc)
+        if reason is not None:
+            return lifecycle.postpone(self.pool, self.settings, event, attempt, reason, exc, now)
+        log.warning(
+            "event %s (%s) attempt %s failed: %s",
+            event_id,
+            topic,
+            attempt,
+            exc,
+            extra={"event_id": event_id, "topic": topic},
+        )
+        return lifecycle.fail(self.pool, self.settings, event, attempt, exc, now)

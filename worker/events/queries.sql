@@ -5,6 +5,34 @@
 -- name: read_event
 SELECT e.* FROM s3outbox.events e WHERE e.id = %(id)s;
 
+-- name: start_attempts
+-- Workers begin attempts (one event, or every event of a packed message): only the current
+-- attempt of an unfinished event may start (a stale or repeated message stops here, before
+-- any storage call). A start of an event still marked running means the worker of its last
+-- start died before it recorded an outcome: a failed attempt, counted as one, and after
+-- max_failures of them the event is dead instead of starting again.
+UPDATE s3outbox.events e
+SET running = NOT (e.running AND e.failures + 1 >= %(max_failures)s),
+    started_at = coalesce(%(now)s::timestamptz, now()),
+    failures = e.failures + CASE WHEN e.running THEN 1 ELSE 0 END,
+    status = CASE WHEN e.running AND e.failures + 1 >= %(max_failures)s THEN 'dead'
+                  ELSE e.status END,
+    finished_at = CASE WHEN e.running AND e.failures + 1 >= %(max_failures)s
+                       THEN coalesce(%(now)s::timestamptz, now()) ELSE e.finished_at END,
+    last_error = CASE WHEN e.running
+                      THEN 'the worker of an earlier attempt died before it finished'
+                           || ' (killed, or out of memory)'
+                      ELSE e.last_error END,
+    updated_at = coalesce(%(now)s::timestamptz, now())
+FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[]) AS t(id, attempt)
+WHERE e.id = t.id AND e.attempts = t.attempt AND e.status = 'dispatched'
+  -- Another worker started it less than redispatch_after ago (a duplicate delivery): it may
+  -- still be at work (the setting is kept above the actor time limit), so this one stops
+  -- here, charging nobody. Past that, the rescue sends it again and the start below counts.
+  AND NOT (e.running AND e.started_at > coalesce(%(now)s::timestamptz, now())
+                                         - make_interval(secs => %(stale_after)s))
+RETURNING e.*;
+
 -- name: lock_event
 -- Also returns the clock the handler decides with (the `now` parameter or the database's).
 SELECT e.*, coalesce(%(now)s::timestamptz, now()) AS clock
@@ -14,15 +42,18 @@ FROM s3outbox.events e WHERE e.id = %(id)s FOR UPDATE;
 -- Compare-and-set: a repeated or stale completion of a finished event changes nothing.
 UPDATE s3outbox.events
 SET status = 'done',
+    running = false,
     finished_at = coalesce(%(now)s::timestamptz, now()),
     updated_at = coalesce(%(now)s::timestamptz, now())
 WHERE id = %(id)s AND status IN ('pending', 'dispatched')
 RETURNING id;
 
 -- name: snooze_event
--- Not a failure: the object is not visible yet (eventually consistent store). Try later.
+-- Not a failure: the object is not visible yet (eventually consistent store), or storage or
+-- the database is unavailable (an outage of any length never kills an event). Try later.
 UPDATE s3outbox.events
 SET status = 'pending',
+    running = false,
     available_at = coalesce(%(now)s::timestamptz, now()) + make_interval(secs => %(delay)s),
     last_error = %(error)s,
     updated_at = coalesce(%(now)s::timestamptz, now())
@@ -34,6 +65,7 @@ RETURNING id;
 -- Only the attempt that is current may record its failure (compare-and-set on attempts).
 UPDATE s3outbox.events
 SET failures = failures + 1,
+    running = false,
     status = CASE WHEN failures + 1 >= %(max_failures)s THEN 'dead' ELSE 'pending' END,
     available_at = coalesce(%(now)s::timestamptz, now()) + make_interval(secs => %(delay)s),
     finished_at = CASE WHEN failures + 1 >= %(max_failures)s
@@ -52,10 +84,6 @@ RETURNING id;
 
 -- name: read_document
 SELECT d.* FROM s3outbox.documents d WHERE d.id = %(id)s;
-
--- name: read_document_of_event
-SELECT d.* FROM s3outbox.documents d
-WHERE d.id = (SELECT e.document_id FROM s3outbox.events e WHERE e.id = %(id)s);
 
 -- name: lock_quota_of_document
 -- A document's owner never changes, so reading it unlocked to find the quota row is safe.

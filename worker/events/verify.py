@@ -72,7 +72,7 @@ def handle(
 
 
 def handle_hinted(
-    ctx: Context, event_id: int, hint: Mapping[str, Any], now: datetime | None, started: float
+    ctx: Context, event_id: int, hint: Mapping[str, Any], now: datetime | None
 ) -> bool:
     """The fast path: HeadObject with the hint's declared fields, then ``accept_verified``.
 
@@ -101,8 +101,6 @@ def handle_hinted(
         except Exception as exc:
             log.debug("event %s: fast verify gave way to the general path: %s", event_id, exc)
             return False
-        if accepted:
-            lifecycle.record(event_id, Topic.VERIFY.value, Outcome.DONE, started)
         return accepted
 
 

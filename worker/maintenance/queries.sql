@@ -25,36 +25,38 @@ SELECT 'expire', m.id, m.trace_id, coalesce(%(now)s::timestamptz, now()),
 FROM marked m
 RETURNING document_id;
 
--- name: rescue_stale_events
--- Dispatched too long ago and not finished: the message was lost (Redis restarted empty,
--- a worker was SIGKILLed). Back to pending so a relay sends it again; dead after being lost
--- max_rescues times (a message that kills its worker every time must end somewhere).
-WITH stale AS (
-    SELECT id FROM s3outbox.events
-    WHERE status = 'dispatched'
-      AND dispatched_at <= coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(stale_after)s)
-    ORDER BY dispatched_at
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-), rescued AS (
+-- name: stale_dispatched
+-- Dispatched long ago and not finished: what a rescue looks at (keyset pages, no locks).
+-- `worker_gone`: a worker started this attempt longer ago than any attempt may run (the
+-- setting is kept above the actor time limit), so it died.
+SELECT id, topic, attempts, message_id,
+       (running AND started_at <= coalesce(%(now)s::timestamptz, now())
+                                   - make_interval(secs => %(stale_after)s)) AS worker_gone
+FROM s3outbox.events
+WHERE status = 'dispatched'
+  AND dispatched_at <= coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(stale_after)s)
+  AND id > %(after)s
+ORDER BY id
+LIMIT %(limit)s;
+
+-- name: resend_events
+-- Back to pending, so a relay sends them again: their message is lost (the broker no longer
+-- holds it) or their worker died. Never a failure by itself, so no outage or backlog can
+-- make an event dead: a worker that died is counted when the event next starts (it is still
+-- marked running). Compare-and-set on the attempt the rescue looked at; wakes the relays.
+WITH resent AS (
     UPDATE s3outbox.events e
-    SET rescues = e.rescues + 1,
-        status = CASE WHEN e.rescues + 1 >= %(max_rescues)s THEN 'dead' ELSE 'pending' END,
+    SET status = 'pending',
+        rescues = e.rescues + 1,
         available_at = coalesce(%(now)s::timestamptz, now()),
-        finished_at = CASE WHEN e.rescues + 1 >= %(max_rescues)s
-                           THEN coalesce(%(now)s::timestamptz, now()) END,
-        last_error = CASE WHEN e.rescues + 1 >= %(max_rescues)s
-                          THEN 'gave up: dispatched and never finished ' || (e.rescues + 1)
-                               || ' times (message lost or worker killed each time)'
-                          ELSE e.last_error END,
         updated_at = coalesce(%(now)s::timestamptz, now())
-    FROM stale
-    WHERE e.id = stale.id
-    RETURNING e.id, e.topic, e.status
+    FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[]) AS t(id, attempts)
+    WHERE e.id = t.id AND e.attempts = t.attempts AND e.status = 'dispatched'
+    RETURNING e.id, e.topic
 ), wake AS (
-    SELECT pg_notify('s3outbox_events', '') FROM (SELECT 1 FROM rescued LIMIT 1) any_rescued
+    SELECT pg_notify('s3outbox_events', '') FROM (SELECT 1 FROM resent LIMIT 1) any_resent
 )
-SELECT r.id, r.topic, r.status FROM rescued r LEFT JOIN wake ON true;
+SELECT r.id, r.topic FROM resent r LEFT JOIN wake ON true;
 
 -- name: prune_done_events
 DELETE FROM s3outbox.events
