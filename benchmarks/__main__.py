@@ -1,3 +1,3 @@
-from benchmarks.bench import main
+from benchmarks.cli import main
 
 raise SystemExit(main())

@@ -12,7 +12,7 @@ It runs on
   Dramatiq no-op actor used to measure the broker's own limit.
 
 Settings come from the same ``S3OUTBOX_*`` variables as the real workers. Rows live in
-``s3bench.docs`` (created by ``benchmarks.bench``); objects are real ones in the bucket.
+``s3bench.docs`` (``benchmarks/schema.sql``); objects are real ones in the bucket.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 from psycopg_pool import ConnectionPool
 
+from outbox import queries
 from outbox.settings import Settings
 from worker.storage import Storage
 from worker.verification import Declared, mismatch
@@ -45,25 +46,9 @@ PGQ_ENTRYPOINT = "bench_verify"
 PROCRASTINATE_TASK = "bench_verify"
 PROCRASTINATE_QUEUE = "bench_verify"
 
-CREATE_SQL = """
-CREATE SCHEMA IF NOT EXISTS s3bench;
-CREATE TABLE IF NOT EXISTS s3bench.docs (
-    id            uuid        PRIMARY KEY,
-    object_key    text        NOT NULL,
-    declared_size bigint      NOT NULL,
-    sha256        text        NOT NULL,
-    content_type  text        NOT NULL,
-    status        text        NOT NULL DEFAULT 'uploaded',
-    confirmed_at  timestamptz,
-    verified_at   timestamptz
-);
-CREATE TABLE IF NOT EXISTS s3bench.rows (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    owner_id text NOT NULL,
-    note text NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now()
-)
-"""
+
+def _sql() -> dict[str, str]:
+    return queries.load("benchmarks")
 
 
 class PeerJob:
@@ -83,11 +68,7 @@ class PeerJob:
     def verify(self, doc_id: str) -> str:
         """Verify one document; returns its new status ("available" or "rejected")."""
         with self.pool.connection() as conn:
-            row = conn.execute(
-                "SELECT object_key, declared_size, sha256, content_type, status"
-                " FROM s3bench.docs WHERE id = %s",
-                (doc_id,),
-            ).fetchone()
+            row = conn.execute(_sql()["peer_doc"], {"id": doc_id}).fetchone()
         if row is None or row[4] != "uploaded":
             return "skipped"
         info = self.storage.head(row[0])
@@ -95,11 +76,7 @@ class PeerJob:
         problem = "missing" if info is None else mismatch(declared, info, None)
         status = "available" if problem is None else "rejected"
         with self.pool.connection() as conn:
-            conn.execute(
-                "UPDATE s3bench.docs SET status = %s, verified_at = now()"
-                " WHERE id = %s AND status = 'uploaded'",
-                (status, doc_id),
-            )
+            conn.execute(_sql()["verify_peer_doc"], {"status": status, "id": doc_id})
         return status
 
     def close(self) -> None:
@@ -126,6 +103,13 @@ def job(pool_size: int = 8) -> PeerJob:
 def make_peer_broker(redis_url: str) -> RedisBroker:
     """Dramatiq as an app would use it: default middleware, its own namespace."""
     return RedisBroker(url=redis_url, namespace=NAMESPACE)  # type: ignore[no-untyped-call]
+
+
+def message(queue_name: str, actor_name: str, *args: Any) -> dramatiq.Message[Any]:
+    """A message for ``actor_name``, as an app that does not import the actor sends it."""
+    return dramatiq.Message(
+        queue_name=queue_name, actor_name=actor_name, args=args, kwargs={}, options={}
+    )
 
 
 broker = make_peer_broker(os.environ.get("S3OUTBOX_REDIS_URL", Settings().redis_url))

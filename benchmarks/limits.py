@@ -1,0 +1,127 @@
+"""Part 1: the machine's limits in this run: PostgreSQL small transactions/s, HeadObject/s
+and its CPU per call, Dramatiq no-op messages/s."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from benchmarks import peers as bench_peers
+from benchmarks.config import Json
+from benchmarks.context import BenchContext, sql
+from benchmarks.documents import body, upload
+from benchmarks.measure import summary
+from outbox.presign import make_client
+
+
+def _rate(window: float, threads: int, make_op: Callable[[], Callable[[], None]]) -> float:
+    """Operations/s of ``threads`` loops over one window; each thread makes its own op."""
+    ops = [make_op() for _ in range(threads)]
+    counts = [0] * threads
+    stop = threading.Event()
+    start = threading.Barrier(threads + 1)
+
+    def loop(i: int) -> None:
+        op = ops[i]
+        start.wait()
+        n = 0
+        while not stop.is_set():
+            op()
+            n += 1
+        counts[i] = n
+
+    workers = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    start.wait()
+    t0 = time.monotonic()
+    time.sleep(window)
+    stop.set()
+    for w in workers:
+        w.join()
+    return sum(counts) / (time.monotonic() - t0)
+
+
+def limits(ctx: BenchContext) -> Json:
+    """The machine's limits in this run."""
+    cfg = ctx.config
+    out: Json = {}
+    conns: list[psycopg.Connection[Any]] = []
+
+    insert = sql()["limits_row"]
+
+    def pg_op() -> Callable[[], None]:
+        conn = ctx.connect()
+        conns.append(conn)
+
+        def op() -> None:
+            conn.execute(insert)
+
+        return op
+
+    for clients in (1, 4):
+        out[f"pg_tx_per_s_{clients}_clients"] = summary(
+            [_rate(cfg.window_seconds, clients, pg_op) for _ in range(cfg.rounds)]
+        )
+    for conn in conns:
+        conn.close()
+    key = f"bench-limits/{uuid.uuid4()}"
+    upload(ctx, [key], [body()])
+    client = make_client(ctx.settings, ctx.settings.s3_endpoint_url)
+
+    def head_op() -> Callable[[], None]:
+        def op() -> None:
+            client.head_object(Bucket=ctx.settings.s3_bucket, Key=key, ChecksumMode="ENABLED")
+
+        return op
+
+    for threads in (1, 8):
+        out[f"head_object_per_s_{threads}_threads"] = summary(
+            [_rate(cfg.window_seconds, threads, head_op) for _ in range(cfg.rounds)]
+        )
+    # What one HeadObject costs the calling process (boto3, as the workers use it): the
+    # largest single item of a verify's CPU.
+    calls = max(50, int(cfg.window_seconds * 250))
+    cpu0 = time.process_time()
+    for _ in range(calls):
+        head_op()()
+    out["head_object_cpu_ms_per_call"] = round(1000 * (time.process_time() - cpu0) / calls, 3)
+    out["dramatiq_noop_per_s"] = dramatiq_noop(ctx)
+    return out
+
+
+def dramatiq_noop(ctx: BenchContext) -> Json:
+    """No-op messages/s through Redis and a Dramatiq worker (max processes x threads)."""
+    procs = max(ctx.config.processes)
+    broker = bench_peers.make_peer_broker(ctx.settings.redis_url)
+    client = broker.client
+    msgs_key = f"{bench_peers.NAMESPACE}:{bench_peers.NOOP_QUEUE}.msgs"
+    children = ctx.children()
+    children.start(
+        "dramatiq-noop",
+        ctx.dramatiq_argv("benchmarks.peers", procs, [bench_peers.NOOP_QUEUE]),
+    )
+    count = max(200, int(ctx.config.window_seconds * 2000))
+    rates: list[float] = []
+    try:
+        for r in range(ctx.config.rounds + 1):
+            t0 = time.monotonic()
+            for _ in range(count):
+                broker.enqueue(bench_peers.message(bench_peers.NOOP_QUEUE, bench_peers.NOOP_ACTOR))
+            deadline = time.monotonic() + 120
+            while client.hlen(msgs_key) > 0:
+                children.check()
+                if time.monotonic() > deadline:
+                    raise TimeoutError("dramatiq no-op messages not consumed")
+                time.sleep(0.01)
+            if r > 0:  # the first round warms the worker up
+                rates.append(count / (time.monotonic() - t0))
+    finally:
+        children.stop_all()
+        broker.close()
+    return {**summary(rates), "processes": procs, "threads": ctx.config.threads}

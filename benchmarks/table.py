@@ -1,0 +1,144 @@
+"""A run's results as the Markdown table of the README (median, min-max over rounds), and
+the targets below it."""
+
+from __future__ import annotations
+
+from benchmarks.config import Json
+from benchmarks.measure import median_of
+
+
+def _row(figure: str, value: object) -> str:
+    return f"| {figure} | {value} |"
+
+
+def _fmt(fig: Json) -> str:
+    return f"{fig['median']:.0f} ({fig['min']:.0f}-{fig['max']:.0f})"
+
+
+def _percentiles(latency: Json, digits: int) -> str:
+    """p50 / p95 / p99 medians of a ``latency_summary``."""
+    return " / ".join(f"{latency[f'p{q}_ms']['median']:.{digits}f}" for q in (50, 95, 99))
+
+
+def _cpu(t: Json, ours: str) -> str:
+    """Cores busy per group, and the CPU that the queue's own processes spent per document
+    (their cores / documents per second): the figure that ranks designs on a CPU-bound box."""
+    busy = t["cpu_cores_busy"]
+    cores = ", ".join(f"{k} {round(float(v), 2)}" for k, v in busy.items())
+    rate = median_of(t["docs_per_s"])
+    if ours not in busy or rate <= 0:
+        return cores
+    return f"{cores}; {1000 * float(busy[ours]) / rate:.2f} ms CPU per doc in {ours}"
+
+
+def _limits(lim: Json) -> list[str]:
+    return [
+        _row(f"limit: {name.replace('_', ' ')}", _fmt(fig) if isinstance(fig, dict) else fig)
+        for name, fig in lim.items()
+    ]
+
+
+def _api(api: Json) -> list[str]:
+    lines = [
+        _row(f"API: {name.replace('_', ' ')}", _fmt(api[name]))
+        for name in (
+            "bare_insert_tx_per_s",
+            "request_upload_tx_per_s",
+            "confirm_tx_per_s",
+            "request_upload_plus_confirm_per_s",
+        )
+    ]
+    lines += [
+        _row(f"API: ms per {name.replace('_', ' ')}", ms) for name, ms in api["ms_per_call"].items()
+    ]
+    lines += [
+        _row(
+            f"API: {name} round trips (+1 app INSERT, +1 COMMIT) / outbox INSERTs",
+            f"{pc['library_round_trips']} / {pc['outbox_event_inserts']}",
+        )
+        for name, pc in api["per_call"].items()
+    ]
+    return lines
+
+
+def _end_to_end(e2e: Json) -> list[str]:
+    lines = []
+    for t in e2e["throughput"]:
+        runs = f"s3-outbox {t['documents']} docs, {t['processes']}p"
+        lines += [
+            _row(f"{runs} x {t['threads']}t: docs/s", _fmt(t["docs_per_s"])),
+            _row(
+                f"{runs}: backlog latency p50/p95/p99 ms",
+                _percentiles(t["saturation_latency"], 0),
+            ),
+            _row(f"{runs}: CPU cores busy", _cpu(t, "s3-outbox")),
+        ]
+    lines += [
+        _row(
+            f"s3-outbox {x['processes']}p at {x['offered_per_s']:.0f}/s: latency p50/p95/p99 ms",
+            _percentiles(x["steady"], 1),
+        )
+        for x in e2e["latency"]
+    ]
+    return lines
+
+
+def _peers(peers: Json) -> list[str]:
+    lines = []
+    for t in peers.get("ours", []):
+        lines += [
+            _row(
+                f"s3-outbox beside the peers (interleaved rounds) {t['documents']} docs,"
+                f" {t['processes']}p x {t['threads']}: docs/s",
+                _fmt(t["docs_per_s"]),
+            ),
+            _row(
+                f"s3-outbox beside the peers {t['documents']} docs, {t['processes']}p:"
+                " CPU cores busy",
+                _cpu(t, "s3-outbox"),
+            ),
+        ]
+    for t in peers["throughput"]:
+        runs = f"peer {t['peer']} {t['documents']} docs, {t['processes']}p"
+        lines += [
+            _row(f"{runs} x {t['threads']}: docs/s", _fmt(t["docs_per_s"])),
+            _row(f"{runs}: CPU cores busy", _cpu(t, t["peer"])),
+            _row(
+                f"{runs}: backlog latency p50/p95/p99 ms",
+                _percentiles(t["saturation_latency"], 0),
+            ),
+        ]
+    lines += [
+        _row(
+            f"peer {x['peer']} {x['processes']}p at {x['offered_per_s']:.0f}/s: latency"
+            " p50/p95/p99 ms",
+            _percentiles(x["steady"], 1),
+        )
+        for x in peers["latency"]
+    ]
+    return lines
+
+
+def _targets(targets: Json) -> list[str]:
+    lines = ["| target | value | met |", "|---|---|---|"]
+    for name, t in targets.items():
+        value = t.get("ratio", t.get("value", t.get("ratios_ours_over_peer")))
+        if "machine_cores_busy_2p" in t:
+            value = (
+                f"{value} (2p: machine {t['machine_cores_busy_2p']} of {t['machine_cpus']:.0f}"
+                f" cores busy; saturated: {', '.join(t['saturated']) or 'none'})"
+            )
+        lines.append(f"| {name} ({t['target']}) | {value} | {'yes' if t['met'] else 'NO'} |")
+    return lines
+
+
+def table(r: Json) -> str:
+    """The results as a Markdown table (median, min-max over rounds)."""
+    lines = ["| figure | median (min-max) |", "|---|---|"]
+    lines += _limits(r["limits"])
+    lines += _api(r["api"])
+    lines += _end_to_end(r["end_to_end"])
+    lines += _peers(r["peers"])
+    lines.append("")
+    lines += _targets(r["targets"])
+    return "\n".join(lines)

@@ -1,0 +1,132 @@
+"""One client thread's view of the web app: library calls in its own transactions, retried
+across PostgreSQL restarts, and uploads over HTTP straight to storage."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import psycopg
+import requests
+
+from harness.chaos.items import Item
+from outbox import DocumentStatus, Outbox
+from outbox.models import UploadTicket
+
+T = TypeVar("T")
+
+
+class Counters:
+    """Thread-safe counters of what the clients saw."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.c: Counter[str] = Counter()
+
+    def inc(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self.c[name] += n
+
+
+class Client:
+    """One client thread's view of the web app: its own connection, retried across
+    PostgreSQL restarts, and HTTP PUTs straight to storage."""
+
+    def __init__(
+        self, database_url: str, outbox: Outbox, counters: Counters, retry_seconds: float
+    ) -> None:
+        self.database_url = database_url
+        self.outbox = outbox
+        self.counters = counters
+        self.retry_seconds = retry_seconds
+        self._conn: psycopg.Connection[Any] | None = None
+        self.http = requests.Session()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        self.http.close()
+
+    def conn(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self.database_url, connect_timeout=5)
+        return self._conn
+
+    def tx(self, what: str, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """Run ``fn`` in a transaction and commit; on a lost connection, reconnect and run it
+        again. A commit whose answer was lost may have happened: every call used here is
+        safe to repeat (a repeated request dedupes, confirm and delete are idempotent)."""
+        deadline = time.monotonic() + self.retry_seconds
+        delay = 0.1
+        while True:
+            conn = None
+            try:
+                conn = self.conn()
+                result = fn(conn)
+                conn.commit()
+                return result
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                self.counters.inc("db_retries")
+                if conn is not None:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.close()
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{what}: database unreachable: {exc}") from exc
+                time.sleep(delay)  # retry backoff while PostgreSQL restarts
+                delay = min(delay * 2, 2.0)
+            except BaseException:
+                if conn is not None and not conn.closed:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.rollback()
+                raise
+
+    def request(self, item: Item) -> UploadTicket:
+        return self.tx(
+            "request_upload",
+            lambda c: self.outbox.request_upload(
+                c,
+                owner_id=item.owner,
+                filename=f"chaos file {item.index}.bin",
+                content_type=item.content_type,
+                size=len(item.body),
+                sha256=item.sha256,
+            ),
+        )
+
+    def confirm(self, item: Item, doc_id: uuid.UUID) -> None:
+        self.tx(
+            "confirm",
+            lambda c: self.outbox.confirm(c, owner_id=item.owner, document_id=doc_id),
+        )
+
+    def delete(self, owner: str, doc_id: uuid.UUID) -> None:
+        self.tx("delete", lambda c: self.outbox.delete(c, owner_id=owner, document_id=doc_id))
+
+    def status(self, owner: str, doc_id: uuid.UUID) -> DocumentStatus:
+        return self.tx(
+            "get", lambda c: self.outbox.get(c, owner_id=owner, document_id=doc_id).status
+        )
+
+    def put(self, ticket: UploadTicket, body: bytes) -> None:
+        """PUT as a browser does; storage is not behind the fault proxy, but retry a refused
+        or broken PUT anyway (the URL may be reused until it expires)."""
+        assert ticket.url is not None
+        headers = {k: v for k, v in ticket.headers.items() if k != "Content-Length"}
+        last = ""
+        for attempt in range(6):
+            try:
+                resp = self.http.put(ticket.url, data=body, headers=headers, timeout=30)
+            except requests.RequestException as exc:
+                last = repr(exc)
+            else:
+                if resp.status_code == 200:
+                    return
+                last = f"HTTP {resp.status_code}: {resp.text[:200]}"
+            self.counters.inc("put_retries")
+            time.sleep(0.2 * 2**attempt)  # retry backoff
+        raise RuntimeError(f"PUT failed: {last}")
