@@ -16,12 +16,13 @@ import hashlib
 import logging
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from typing import Any
 
 import psycopg
+from psycopg.rows import tuple_row
 
 from outbox import queries
 from outbox.errors import MigrationLocked, SchemaOutOfDate
@@ -49,7 +50,7 @@ _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 class Migration:
     version: int
     name: str
-    sql: str
+    sql: str = field(repr=False)  # a whole schema: too long for a log line or a test diff
 
     @property
     def checksum(self) -> str:
@@ -112,13 +113,19 @@ def _sql() -> dict[str, str]:
     return queries.load("outbox", "migrate.sql")
 
 
+def _rows(conn: Conn, query: str) -> list[tuple[Any, ...]]:
+    # Tuples whatever row factory the caller's connection has (a web app's may use dict_row).
+    with conn.cursor(row_factory=tuple_row) as cur:
+        return cur.execute(query).fetchall()
+
+
 def status(conn: Conn) -> SchemaStatus:
     """Which migrations the database has. Reads only (no lock beyond a plain SELECT)."""
     q = _sql()
-    row = conn.execute(q["version_table_exists"]).fetchone()
+    [(present,)] = _rows(conn, q["version_table_exists"])
     applied: tuple[int, ...] = ()
-    if row is not None and row[0]:
-        applied = tuple(r[0] for r in conn.execute(q["applied_versions"]).fetchall())
+    if present:
+        applied = tuple(r[0] for r in _rows(conn, q["applied_versions"]))
     return SchemaStatus(applied, migrations())
 
 
@@ -153,7 +160,10 @@ def migrate(
         MigrationLocked (503): a migration waited ``lock_timeout`` seconds for a table lock
             ``attempts`` times (a long transaction holds the table); that migration and the
             ones after it were not applied.
+        ValueError: ``attempts`` is below 1.
     """
+    if attempts < 1:
+        raise ValueError(f"attempts must be at least 1, not {attempts}")
     if status(conn).up_to_date:
         return []
     q = _sql()
@@ -180,8 +190,7 @@ def _apply(
     timeout = f"{max(int(lock_timeout * 1000), 1)}ms"
     previous = None
     if not conn.autocommit:
-        row = conn.execute(q["get_lock_timeout"]).fetchone()
-        previous = row[0] if row else None
+        [(previous,)] = _rows(conn, q["get_lock_timeout"])
     for attempt in range(1, attempts + 1):
         try:
             with conn.transaction():

@@ -1,6 +1,9 @@
 """A minimal Django project on s3-outbox: the library's calls inside ``transaction.atomic()``.
 
-Run it (schema applied with ``s3-outbox migrate``, settings in ``S3OUTBOX_*`` variables)::
+Run it (settings in ``S3OUTBOX_*`` variables; ``migrate`` applies s3-outbox's schema through
+the Django migration ``migrations/0001_s3outbox.py``, as ``s3-outbox migrate`` would)::
 
-    DJANGO_SETTINGS_MODULE=examples.django_app.settings django-admin runserver 127.0.0.1:8000
+    export DJANGO_SETTINGS_MODULE=examples.django_app.settings
+    django-admin migrate
+    django-admin runserver 127.0.0.1:8000
 """

@@ -33,7 +33,8 @@ SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "example-only-not-a-secret")
 DEBUG = os.environ.get("DJANGO_DEBUG", "") == "1"
 ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]
 ROOT_URLCONF = "examples.django_app.urls"
-INSTALLED_APPS: list[str] = []
+# The example itself is an app only for its migration (migrations/0001_s3outbox.py).
+INSTALLED_APPS: list[str] = ["examples.django_app"]
 MIDDLEWARE: list[str] = []
 USE_TZ = True
 DATABASES = {"default": database_from_url(Settings().database_url)}
