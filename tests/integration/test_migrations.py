@@ -540,11 +540,12 @@ def test_cli_migrate_check_then_migrate(
 
 
 @pytest.fixture
-def outdated_db(migrated_db: str) -> str:
-    """A database one migration behind this code: its latest version row is gone."""
-    with connect(migrated_db) as c:
-        c.execute("DELETE FROM s3outbox.schema_migrations WHERE version = %s", (VERSIONS[-1],))
-    return migrated_db
+def outdated_db(new_db: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A database one migration behind this code: every migration but the latest applied."""
+    with connect(new_db) as c, monkeypatch.context() as m:
+        m.setattr(schema, "migrations", lambda: MIGRATIONS[:-1])
+        assert [x.version for x in migrate(c)] == VERSIONS[:-1]
+    return new_db
 
 
 @pytest.mark.parametrize("service", ["relay", "sweeper"])
