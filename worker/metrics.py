@@ -82,6 +82,15 @@ class OutboxCollector(Collector):
             "s3outbox_oldest_dispatched_event_age_seconds",
             "Age of the oldest dispatched, unfinished event: how long the workers are behind.",
         )
+        in_flight_age = GaugeMetricFamily(
+            "s3outbox_oldest_in_flight_event_age_seconds",
+            "Age since creation of the oldest dispatched event (sending it again keeps it).",
+        )
+        unverified_age = GaugeMetricFamily(
+            "s3outbox_oldest_unverified_document_age_seconds",
+            "Age since confirm of the oldest uploaded document not verified yet: the workers'"
+            " lag as users see it.",
+        )
         up = GaugeMetricFamily("s3outbox_database_up", "1 when the last scrape read the database.")
         quota_bytes = GaugeMetricFamily(
             "s3outbox_quota_bytes",
@@ -103,6 +112,8 @@ class OutboxCollector(Collector):
                 assert lag is not None
                 pending_age.add_metric([], lag[0])
                 dispatched_age.add_metric([], lag[1])
+                in_flight_age.add_metric([], lag[2])
+                unverified_age.add_metric([], lag[3])
                 totals = conn.execute(self._q["quota_totals"]).fetchone()
                 assert totals is not None
                 for kind, value in zip(("used", "reserved", "limit"), totals[:3], strict=True):
@@ -115,7 +126,8 @@ class OutboxCollector(Collector):
             up.add_metric([], 0)
             yield up
             return
-        yield from (events, documents, pending_age, dispatched_age, up)
+        yield from (events, documents, pending_age, dispatched_age, in_flight_age, unverified_age)
+        yield up
         yield from (quota_bytes, quota_owners, quota_full)
 
 

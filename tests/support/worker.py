@@ -336,3 +336,42 @@ def lose_messages(settings: Settings) -> None:
         )
     finally:
         client.close()
+
+
+def held_messages(settings: Settings) -> dict[str, Any]:
+    """The messages Redis holds on the test's queue (waiting or unacknowledged), decoded, by
+    message id."""
+    import redis
+    from dramatiq import Message
+
+    from worker.broker import NAMESPACE
+
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        stored = client.hgetall(f"{NAMESPACE}:{settings.queue_name}.msgs")
+    finally:
+        client.close()
+    return {key.decode(): Message.decode(data) for key, data in stored.items()}
+
+
+def deliver_held(
+    settings: Settings, processor: EventProcessor, now: datetime | None = None
+) -> list[Outcome]:
+    """Workers come back: every message Redis holds is handled once, as an actor would
+    (packed messages too), and acknowledged."""
+    import redis
+
+    from worker.broker import NAMESPACE, VERIFY_MANY_ACTOR
+
+    outcomes: list[Outcome] = []
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        for message_id, message in held_messages(settings).items():
+            if message.actor_name == VERIFY_MANY_ACTOR:
+                outcomes.extend(processor.process_many(message.args[0], now=now))
+            else:
+                outcomes.append(processor.process(*message.args, now=now, **message.kwargs))
+            client.hdel(f"{NAMESPACE}:{settings.queue_name}.msgs", message_id)
+    finally:
+        client.close()
+    return outcomes

@@ -337,3 +337,49 @@ def test_postgres_restart_while_processes_run(
     assert_quota_consistent(settings, "alice", processes)
     for name in ("relay", "sweeper"):
         assert processes.procs[name].poll() is None, tails(processes)
+
+
+def test_a_worker_outage_longer_than_the_rescue_budget_kills_nothing(
+    outbox: Outbox, conn: Conn, make_settings: Any, tmp_path: Path
+) -> None:
+    """Issue 10's reproduction with real processes: relay and sweeper run, the workers are
+    down for longer than max_failures x redispatch_after, then start: every document ends
+    available and no event is dead (before, every in-flight event died)."""
+    small = make_settings(
+        redispatch_after_seconds=1.0, max_failures=3, sweeper_interval_seconds=0.2
+    )
+    processes = Processes(small, tmp_path)
+    try:
+        processes.start("relay", "sweeper")
+        docs = upload_many(outbox, conn, "alice", 40)
+        budget = (small.max_failures + 1) * small.redispatch_after_seconds
+        # The outage lasts until the oldest dispatched event is older than the whole budget,
+        # read from the database's clock (no sleep, no timing assumption).
+        wait_procs(
+            processes,
+            lambda: _dispatched_for(small, budget + 1, len(docs)),
+            timeout=60,
+            what=f"every event dispatched for more than {budget + 1}s",
+        )
+        assert dead_events(small) == []
+        processes.start("worker")
+        wait_procs(
+            processes,
+            lambda: all_in(small, docs, DocumentStatus.AVAILABLE),
+            timeout=120,
+            what="every document available after the outage",
+        )
+        assert_nothing_lost(small, processes)
+        assert {e["failures"] for e in all_events(small)} == {0}
+        assert_quota_consistent(small, "alice", processes)
+    finally:
+        processes.stop_all()
+
+
+def _dispatched_for(settings: Settings, seconds: float, n: int) -> bool:
+    with psycopg.connect(settings.database_url, autocommit=True) as c:
+        row = c.execute(
+            "SELECT count(*) FILTER (WHERE status = 'dispatched'),"
+            " coalesce(extract(epoch FROM now() - min(dispatched_at)), 0) FROM s3outbox.events"
+        ).fetchone()
+    return row is not None and row[0] == n and row[1] > seconds

@@ -338,6 +338,9 @@ class _Walk:
             return
         problem = again.problem
         with self.conn.transaction(), self.conn.cursor(row_factory=dict_row) as cur:
+            # The owner's quota row first, then the document: the order of every path (a
+            # delete or a worker locks them so), so a repair cannot deadlock with them.
+            cur.execute(self.q["lock_quota_of_document"], {"id": row["id"]})
             doc = cur.execute(self.q["lock_document"], {"id": row["id"]}).fetchone()
             if (
                 doc is None

@@ -72,6 +72,8 @@ def status_report(settings: Settings) -> dict[str, Any]:
         "documents": {s: n for s, n in docs},
         "oldest_pending_seconds": round(lag[0], 3),
         "oldest_dispatched_seconds": round(lag[1], 3),
+        "oldest_in_flight_seconds": round(lag[2], 3),
+        "oldest_unverified_seconds": round(lag[3], 3),
         "lag_by_topic": [
             {
                 "topic": t,

@@ -8,12 +8,21 @@ SELECT topic, status, count(*)::bigint AS n FROM s3outbox.events GROUP BY topic,
 SELECT status, count(*)::bigint AS n FROM s3outbox.documents GROUP BY status;
 
 -- name: event_lag
--- Age of the oldest due pending event and of the oldest dispatched one: how far behind we are.
+-- How far behind we are: the age of the oldest due pending event (the relay's lag), of the
+-- oldest dispatched one, and, since its creation, of the oldest event in flight (a message
+-- sent again keeps its age), plus the oldest confirmed document not verified yet (the
+-- workers' lag as users see it). Dispatched events are few (relay_max_in_flight) and the
+-- unverified document is one entry of a partial index: cheap at any table size.
 SELECT
     coalesce(extract(epoch FROM now() - min(available_at) FILTER (
         WHERE status = 'pending' AND available_at <= now())), 0)::float8 AS oldest_pending_seconds,
     coalesce(extract(epoch FROM now() - min(dispatched_at) FILTER (
-        WHERE status = 'dispatched')), 0)::float8 AS oldest_dispatched_seconds
+        WHERE status = 'dispatched')), 0)::float8 AS oldest_dispatched_seconds,
+    coalesce(extract(epoch FROM now() - min(created_at) FILTER (
+        WHERE status = 'dispatched')), 0)::float8 AS oldest_in_flight_seconds,
+    coalesce((SELECT extract(epoch FROM now() - min(d.confirmed_at))
+              FROM s3outbox.documents d WHERE d.status = 'uploaded'), 0)::float8
+        AS oldest_unverified_seconds
 FROM s3outbox.events
 WHERE status IN ('pending', 'dispatched');
 
