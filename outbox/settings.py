@@ -95,6 +95,8 @@ class Settings(BaseSettings):
     relay_metrics_port: int = Field(9401, ge=0, le=65535)
     sweeper_metrics_port: int = Field(9402, ge=0, le=65535)
     worker_metrics_port: int = Field(9403, ge=0, le=65535)
+    # The reference HTTP API (`s3-outbox api`, the Procfile's web line).
+    api_port: int = Field(8000, ge=1, le=65535)
     log_level: str = "INFO"
     log_json: bool = False
 

@@ -15,7 +15,7 @@ import pytest
 from outbox import Outbox, Settings, migrate
 from tests.support.core import TEST_OVERRIDES, InlineWorker, Processes
 from tests.support.require import missing
-from tests.support.servers import ServerBackend, start_backend
+from tests.support.servers import ServerBackend, server_dir, start_backend
 from worker.embedded import EmbeddedStack, StackUrls
 from worker.events import EventProcessor
 from worker.pool import make_pool
@@ -26,9 +26,16 @@ from worker.storage import Storage
 
 
 @pytest.fixture(scope="session")
-def server_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerBackend]:
-    with start_backend(tmp_path_factory.mktemp("devstack")) as backend:
+def server_backend() -> Iterator[ServerBackend]:
+    with server_dir("session") as tmp, start_backend(tmp) as backend:
         yield backend
+
+
+@pytest.fixture
+def servers_tmp() -> Iterator[Path]:
+    """A folder for a test's own embedded servers (see ``server_dir``)."""
+    with server_dir("test") as tmp:
+        yield tmp
 
 
 @pytest.fixture(scope="session")

@@ -146,17 +146,18 @@ def cmd_api(args: argparse.Namespace) -> int:
     except ImportError as exc:
         print(f"s3-outbox api needs: pip install 's3-outbox[api]' ({exc})", file=sys.stderr)
         return 2
-    print(f"s3-outbox api: http://{args.host}:{args.port}/", flush=True)
+    port = args.port or Settings().api_port
+    print(f"s3-outbox api: http://{args.host}:{port}/", flush=True)
     # log_config=None: keep the s3-outbox log format (trace ids, redaction) for uvicorn too.
     # The API logs each request itself (with its trace id): no uvicorn access log.
-    uvicorn.run(create_app(), host=args.host, port=args.port, log_config=None, access_log=False)
+    uvicorn.run(create_app(), host=args.host, port=port, log_config=None, access_log=False)
     return 0
 
 
 def configure_api_parser(sub: Subparsers) -> None:
     p = sub.add_parser("api", help="the reference HTTP API and upload page (needs [api])")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=None, help="default: S3OUTBOX_API_PORT (8000)")
     p.set_defaults(func=cmd_api)
 
 
@@ -295,7 +296,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from worker.run import run
 
     return run(
-        demo=not args.no_demo, files=args.files, exit_after_demo=args.exit, data_dir=args.data_dir
+        demo=not args.no_demo,
+        files=args.files,
+        exit_after_demo=args.exit,
+        data_dir=args.data_dir,
+        free_ports=args.free_ports,
     )
 
 
@@ -306,6 +311,11 @@ def configure_run_parser(sub: Subparsers) -> None:
     p.add_argument("--no-demo", action="store_true", help="start everything, run no demo")
     p.add_argument("--exit", action="store_true", help="stop everything after the demo")
     p.add_argument("--data-dir", type=Path, default=None, help="server data (default ./.data)")
+    p.add_argument(
+        "--free-ports",
+        action="store_true",
+        help="embedded servers on free ports, not the fixed ones the default settings expect",
+    )
     p.add_argument("files", nargs="*", help="files to upload in the demo")
     p.set_defaults(func=cmd_run)
 

@@ -28,11 +28,16 @@ def run(
     files: list[str] | None = None,
     exit_after_demo: bool = False,
     data_dir: Path | None = None,
+    free_ports: bool = False,
 ) -> int:
+    """Returns the exit status: 0 when stopped by a signal or after a demo that settled."""
     data_dir = (data_dir or Path.cwd() / ".data").resolve()
     stop = StopFlag()
     stop.install()
-    with servers(data_dir, say=say) as (server_env, _stack):
+    with servers(data_dir, default_ports=not free_ports, say=say) as (server_env, _stack):
+        if stop.is_set():  # a signal while the servers started: stop them, start nothing
+            say("stopping")
+            return 0
         os.environ.update(server_env)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         settings = Settings()
@@ -45,17 +50,25 @@ def run(
             names.remove("web")
         with Supervisor(env, cwd=data_dir.parent) as procs:
             for name in names:
+                if stop.is_set():
+                    break
                 argv = command(name)
                 procs.start(name, argv)
                 say(f"started {name} (pid {procs.pid(name)}): {' '.join(argv)}")
             if "web" in names:
-                say("upload page and HTTP API: http://127.0.0.1:8000/ (docs at /docs)")
+                say(
+                    f"upload page and HTTP API: http://127.0.0.1:{settings.api_port}/"
+                    " (docs at /docs)"
+                )
             ok = True
             if demo and not stop.is_set():
                 paths = [Path(f) for f in files] if files else demo_files(data_dir)
                 ok = run_demo(settings, paths, stop=stop)
                 say("demo finished" if ok else "demo did not settle in time")
-            if exit_after_demo or stop.is_set():
+            if stop.is_set():
+                say("stopping")
+                return 0
+            if exit_after_demo:
                 say("stopping")
                 return 0 if ok else 1
             say(

