@@ -1,6 +1,6 @@
 """Handle an outbox event by id: read it with its document, pick its topic's handler, and
 record how it ended. A failure of the work is recorded on the event (retry with backoff,
-or dead), never raised."""
+or dead), never raised; so is an attempt that Dramatiq's TimeLimit interrupted."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
+from dramatiq.middleware.time_limit import TimeLimitExceeded
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
@@ -57,6 +58,24 @@ class EventProcessor:
         database is down); the event then stays dispatched and is sent again later.
         """
         started = time.monotonic()
+        try:
+            return self._process(event_id, attempt, now, hint, started)
+        except TimeLimitExceeded:
+            # Dramatiq's TimeLimit raised in this thread (wherever it was: a slow storage
+            # call, most likely) after ``actor_time_limit_seconds``. It is a BaseException,
+            # so no handler below caught it: the attempt failed, and it is recorded like any
+            # other failure (retried after a backoff, dead after max_failures) instead of
+            # leaving the event dispatched until a rescue finds it.
+            return self._interrupted(event_id, attempt, now, started)
+
+    def _process(
+        self,
+        event_id: int,
+        attempt: int,
+        now: datetime | None,
+        hint: Mapping[str, Any] | None,
+        started: float,
+    ) -> Outcome:
         if hint is not None and verify.handle_hinted(self.context, event_id, hint, now, started):
             return Outcome.DONE
         event, doc = self._read_event_and_document(event_id)
@@ -76,6 +95,32 @@ class EventProcessor:
                     extra={"event_id": event_id, "topic": topic},
                 )
                 outcome = lifecycle.fail(self.pool, self.settings, event, attempt, exc, now)
+            lifecycle.record(event_id, topic, outcome, started)
+        return outcome
+
+    def _interrupted(
+        self, event_id: int, attempt: int, now: datetime | None, started: float
+    ) -> Outcome:
+        """Record attempt ``attempt`` of an event as failed: its time limit interrupted it.
+        A compare-and-set, so an event that finished first stays as it is."""
+        event, _doc = self._read_event_and_document(event_id)
+        if event is None or event["status"] in (EventStatus.DONE, EventStatus.DEAD):
+            return Outcome.SKIPPED
+        topic = event["topic"]
+        limit = self.settings.actor_time_limit_seconds
+        error = TimeLimitExceeded(
+            f"the attempt ran longer than actor_time_limit_seconds ({limit:g})"
+        )
+        with log_context(trace_id=event["trace_id"], document_id=event["document_id"]):
+            log.warning(
+                "event %s (%s) attempt %s interrupted: %s",
+                event_id,
+                topic,
+                attempt,
+                error,
+                extra={"event_id": event_id, "topic": topic},
+            )
+            outcome = lifecycle.fail(self.pool, self.settings, event, attempt, error, now)
             lifecycle.record(event_id, topic, outcome, started)
         return outcome
 
