@@ -53,8 +53,9 @@ class EventProcessor:
         """Handle one event. ``attempt`` is the dispatch number the message carries; ``hint``
         the document's declared fields a verify message carries (``verify.handle_hinted``).
 
-        Never raises for a failure of the work itself: the failure is recorded on the event
-        (retry with backoff, or dead). Raises only when even that cannot be written (the
+        Never raises for a failure of the work itself, nor when Dramatiq's TimeLimit
+        interrupts it: the failure is recorded on the event (retry with backoff, or dead).
+        Raises only when even that cannot be written (the
         database is down); the event then stays dispatched and is sent again later.
         """
         started = time.monotonic()
