@@ -321,8 +321,14 @@ def configure_run_parser(sub: Subparsers) -> None:
 
 
 def cmd_dev_servers(args: argparse.Namespace) -> int:
-    from worker.embedded.__main__ import main
-
+    try:
+        from worker.embedded.__main__ import main
+    except ImportError as exc:
+        print(
+            f"s3-outbox dev-servers needs: pip install 's3-outbox[embedded]' ({exc})",
+            file=sys.stderr,
+        )
+        return 2
     return int(main(args.devstack_args))
 
 

@@ -1,7 +1,8 @@
 """``s3-outbox run``: the whole system on one machine, from any folder.
 
 Starts the embedded servers (PostgreSQL, Valkey, SeaweedFS from wheels; 127.0.0.1 only; data
-in ``./.data``) unless S3OUTBOX_DATABASE_URL, S3OUTBOX_REDIS_URL and
+in ``./.data``; on the fixed ports that ``Settings``' defaults name, so ``s3-outbox status`` in
+another terminal needs no variables) unless S3OUTBOX_DATABASE_URL, S3OUTBOX_REDIS_URL and
 S3OUTBOX_S3_ENDPOINT_URL are all set, applies the migrations, starts every process of
 ``worker.processes`` (the Procfile's), and runs the demo (``worker.demo``). The first Ctrl-C
 or SIGTERM stops everything it started.

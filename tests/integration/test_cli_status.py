@@ -212,3 +212,77 @@ def test_events_retry_dead_by_topic_prints_what_it_did(
     missing = run_cli(settings, "events", "retry", "--id", "424242")
     assert missing.returncode == 1
     assert "not found or not retryable" in missing.stderr
+
+
+# -- lag ---------------------------------------------------------------------------------------
+
+
+def add_event(settings: Settings, document_id: UUID, status: str, age: str, due_in: str) -> None:
+    """An event dispatched ``age`` ago (if dispatched) and due ``due_in`` from now: e.g.
+    '-1 hour' is an event that should have gone out an hour ago."""
+    with psycopg.connect(settings.database_url, autocommit=True) as c:
+        c.execute(
+            "INSERT INTO s3outbox.events (topic, document_id, status, attempts, available_at,"
+            " dispatched_at) VALUES ('verify', %s, %s, %s, now() + %s::interval,"
+            " CASE WHEN %s = 'dispatched' THEN now() - %s::interval END)",
+            (document_id, status, int(status == "dispatched"), due_in, status, age),
+        )
+
+
+def collected_lag(settings: Settings) -> dict[str, float]:
+    """The lag gauges of the metrics collector (relay and sweeper serve it), as scraped."""
+    from worker.metrics import OutboxCollector
+
+    wanted = (
+        "s3outbox_oldest_pending_event_age_seconds",
+        "s3outbox_oldest_dispatched_event_age_seconds",
+    )
+    return {
+        family.name: family.samples[0].value
+        for family in OutboxCollector(settings).collect()
+        if family.name in wanted
+    }
+
+
+def test_lag_is_the_age_of_the_oldest_overdue_event_and_zero_when_none_is_due(
+    settings: Settings, outbox: Outbox, conn: Conn
+) -> None:
+    doc = upload(outbox, conn, "lag", b"lag body", confirm=False)
+    add_event(settings, doc, "pending", "0", "1 hour")  # scheduled for later: not lag
+    nothing_due = {
+        "s3outbox_oldest_pending_event_age_seconds": 0.0,
+        "s3outbox_oldest_dispatched_event_age_seconds": 0.0,
+    }
+    assert collected_lag(settings) == nothing_due
+    result = run_cli(settings, "status", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["oldest_pending_seconds"], report["oldest_dispatched_seconds"]) == (0, 0)
+    assert report["lag_by_topic"] == [
+        {
+            "topic": "verify",
+            "oldest_pending_seconds": 0,
+            "oldest_dispatched_seconds": 0,
+            "scheduled": 1,
+        }
+    ]
+
+    # Due an hour ago and never sent; sent half an hour ago and never finished.
+    add_event(settings, doc, "pending", "0", "-1 hour")
+    add_event(settings, doc, "dispatched", "30 minutes", "-2 hours")
+    lag = collected_lag(settings)
+    # The ages count from the planted times: a slow test adds seconds, never minutes.
+    assert 3600 <= lag["s3outbox_oldest_pending_event_age_seconds"] < 3600 + 300, lag
+    assert 1800 <= lag["s3outbox_oldest_dispatched_event_age_seconds"] < 1800 + 300, lag
+    result = run_cli(settings, "status", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert 3600 <= report["oldest_pending_seconds"] < 3600 + 300, report
+    assert 1800 <= report["oldest_dispatched_seconds"] < 1800 + 300, report
+    (verify,) = report["lag_by_topic"]
+    assert verify["scheduled"] == 1
+    assert verify["oldest_pending_seconds"] == report["oldest_pending_seconds"]
+    table = run_cli(settings, "status")
+    assert table.returncode == 0, table.stderr
+    row = next((ln for ln in table.stdout.splitlines() if ln.split()[:1] == ["verify"]), "")
+    assert re.search(r"\s1\s+1h0[0-4]m\s+3[0-4]m\d\ds$", row), table.stdout

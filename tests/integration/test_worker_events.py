@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -34,6 +35,7 @@ from tests.support.worker import (
     drain_at,
     events_of,
     lose_messages,
+    query,
     quota_row,
     request,
     row_locked,
@@ -1054,3 +1056,107 @@ def _socket_readable(pool: Any) -> bool:
 
     conn = pool._pool[0]
     return bool(select.select([conn.fileno()], [], [], 0)[0])
+
+
+# -- verify: a quota that cannot take the upload -----------------------------------------------
+
+
+@pytest.mark.parametrize("hinted", [True, False], ids=["relay-hint", "general-path"])
+def test_verify_the_quota_cannot_take_is_rejected_over_quota_and_purged(
+    outbox: Outbox,
+    conn: Conn,
+    settings: Settings,
+    relay: Relay,
+    processor: EventProcessor,
+    inline_worker: InlineWorker,
+    hinted: bool,
+):
+    """No API path makes a verify's charge fail: a matching object has the declared size, the
+    document reserved exactly that, and invariant 4 is a CHECK (set_limit, even raw SQL,
+    cannot put the limit below used + reserved). So the state is planted with SQL, books kept
+    consistent: A's reservation shrunk to 1,000 of its 3,000 bytes (the quota row with it)
+    and the owner's limit lowered to 2,500, which used + reserved (2,000) still fits. Only
+    the verify's charge can see that A does not: rejected "over quota", the 1,000 it held
+    released, its blob purged; B, whose reservation is whole, is verified as usual."""
+    a = upload(outbox, conn, "alice", body_of(3000))
+    b = upload(outbox, conn, "alice", body_of(1000))
+    assert_quota(settings, "alice", 0, 4000)
+    query(
+        settings,
+        "UPDATE s3outbox.documents SET reserved_bytes = 1000 WHERE id = %s",
+        (a.document.id,),
+    )
+    query(
+        settings,
+        "UPDATE s3outbox.quotas SET reserved_bytes = 2000, limit_bytes = 2500"
+        " WHERE owner_id = 'alice'",
+    )
+    relay.run_once()
+    (verify_a,) = events_of(settings, a.document.id, "verify")
+    hint = relay_hint(relay, verify_a["id"]) if hinted else None
+    assert processor.process(verify_a["id"], verify_a["attempts"], hint=hint) == Outcome.DONE
+
+    doc = doc_row(settings, a.document.id)
+    assert (doc["status"], doc["reason"]) == (DocumentStatus.REJECTED, "over quota")
+    assert (doc["reserved_bytes"], doc["charged_bytes"]) == (0, 0)
+    assert_quota(settings, "alice", 0, 1000)  # B's reservation, nothing of A's
+    (purge,) = events_of(settings, a.document.id, "purge")
+    assert purge["status"] == "pending"
+    assert blob_exists(settings, a.document.object_key)  # deleted by the purge, not before
+
+    inline_worker.drain()
+    assert not blob_exists(settings, a.document.object_key)
+    assert events_of(settings, a.document.id, "purge")[0]["status"] == "done"
+    assert doc_row(settings, b.document.id)["status"] == DocumentStatus.AVAILABLE
+    assert blob_exists(settings, b.document.object_key)
+    assert_quota(settings, "alice", 1000, 0)
+    assert quota_row(settings, "alice")["limit_bytes"] == 2500
+
+
+# -- the relay wakes on NOTIFY -----------------------------------------------------------------
+
+
+class WatchedRelay(Relay):
+    """A relay that says when ``wait`` has chosen how long to sleep and starts listening."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.listening = threading.Event()
+        self._in_wait = False
+
+    def wait(self, stop: Any) -> None:
+        self._in_wait = True
+        try:
+            super().wait(stop)
+        finally:
+            self._in_wait = False
+
+    def _listener(self) -> Any:
+        listen = super()._listener()
+        if self._in_wait:
+            self.listening.set()
+        return listen
+
+
+def test_a_commit_wakes_the_waiting_relay_long_before_its_poll(
+    outbox: Outbox, conn: Conn, make_settings: Any, settings: Settings
+):
+    """With a 60 s poll and nothing due, the relay's wait would sleep 60 s: the confirm's
+    commit (its NOTIFY) ends the wait at once, and the next round dispatches the event."""
+    slow = make_settings(relay_poll_seconds=60.0)
+    relay = WatchedRelay(slow)
+    stop = threading.Event()
+    try:
+        assert relay.run_once() == 0
+        assert query(settings, "SELECT count(*) AS n FROM s3outbox.events") == [{"n": 0}]
+        waiting = Background(lambda: relay.wait(stop))
+        assert relay.listening.wait(10), "the relay never started listening"
+        ticket = upload(outbox, conn, "alice", body_of(1200))  # the confirm commits here
+        waiting.join(timeout=10)  # a sixth of the poll interval: only the NOTIFY can do this
+        assert relay.run_once() == 1
+        (event,) = events_of(settings, ticket.document.id, "verify")
+        assert (event["status"], event["attempts"]) == ("dispatched", 1)
+    finally:
+        stop.set()
+        query(settings, "SELECT pg_notify('s3outbox_events', '')")  # a wait still running ends
+        relay.close()

@@ -383,3 +383,57 @@ def _dispatched_for(settings: Settings, seconds: float, n: int) -> bool:
             " coalesce(extract(epoch FROM now() - min(dispatched_at)), 0) FROM s3outbox.events"
         ).fetchone()
     return row is not None and row[0] == n and row[1] > seconds
+
+
+def test_an_attempt_over_the_actor_time_limit_is_a_failed_attempt_retried_later(
+    outbox: Outbox, conn: Conn, make_settings: Any, settings: Settings, tmp_path: Path
+) -> None:
+    """A verify whose HeadObject outlasts ``actor_time_limit_seconds`` (the workers reach
+    storage through a proxy that holds that one response back) is interrupted by Dramatiq's
+    TimeLimit. The attempt is recorded as failed and retried after its backoff: not lost,
+    and not left dispatched until a rescue (far away here) finds it."""
+    from harness.faultproxy import FaultProxy, FaultRates
+
+    held = 5.0  # well past the limit: TimeLimit checks once a second
+    rates = FaultRates(
+        http_500=0,
+        http_503=0,
+        drop=0,
+        delay=0,
+        delay_min_seconds=held,
+        delay_max_seconds=held,
+        stale_share=0,
+    )
+    with FaultProxy(settings.s3_endpoint_url, rates, seed=7) as proxy:
+        slow = make_settings(
+            s3_endpoint_url=proxy.url,
+            actor_time_limit_seconds=1.0,
+            redispatch_after_seconds=3600.0,
+        )
+        procs = Processes(slow, tmp_path)
+        try:
+            ticket = upload(outbox, conn, "alice", body_of(2200))  # PUT straight to storage
+            proxy.force("delay")  # the workers' first storage request: the verify's HEAD
+            procs.start("relay", "worker")
+            doc_id = ticket.document.id
+            wait_procs(
+                procs,
+                lambda: all_in(settings, [doc_id], DocumentStatus.AVAILABLE),
+                timeout=60,
+                what="the document available after an interrupted attempt",
+            )
+        finally:
+            procs.stop_all()
+        assert proxy.faults()["delay"] == 1
+    (event,) = all_events(settings)
+    assert (event["status"], event["attempts"], event["failures"], event["rescues"]) == (
+        "done",
+        2,
+        1,
+        0,
+    ), event
+    assert "TimeLimitExceeded" in event["last_error"], event
+    worker_log = procs.log("worker")
+    assert "Time limit exceeded" in worker_log, tails(procs)
+    assert re.search(rf"event {event['id']} \(verify\) attempt 1 interrupted", worker_log)
+    assert_quota_consistent(settings, "alice", procs)

@@ -19,6 +19,12 @@ from worker.supervisor import parent_death_preexec
 
 HOST = "127.0.0.1"
 
+#: The fixed ports of the dev stack (``StackPorts.defaults()``: PostgreSQL, Valkey, SeaweedFS's
+#: ten), which ``s3-outbox run`` and ``Settings``' defaults use. They lie in the kernel's range
+#: of ephemeral ports, so a free-port search skips them: servers on free ports (a test session,
+#: a chaos run) never take a port that ``s3-outbox run`` needs (a test checks the two agree).
+DEV_STACK_PORTS = frozenset({55432, 56379, *range(58333, 58342), 48341})
+
 
 class DevStackError(RuntimeError):
     """A dev/test server failed to start or stop."""
@@ -41,15 +47,18 @@ def port_is_free(port: int, host: str = HOST) -> bool:
 
 
 def free_ports(count: int, *, host: str = HOST) -> list[int]:
-    """Return ``count`` distinct ports that are free right now (bind test with port 0)."""
+    """Return ``count`` distinct ports that are free right now (bind test with port 0), none
+    of them in ``DEV_STACK_PORTS``."""
     socks: list[socket.socket] = []
     try:
         ports: list[int] = []
         while len(ports) < count:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            socks.append(sock)
+            socks.append(sock)  # held until the end, so no port is drawn twice
             sock.bind((host, 0))
-            ports.append(sock.getsockname()[1])
+            port = sock.getsockname()[1]
+            if port not in DEV_STACK_PORTS:
+                ports.append(port)
         return ports
     finally:
         for sock in socks:
@@ -61,7 +70,7 @@ def free_port_pair(offset: int, *, host: str = HOST, exclude: Sequence[int] = ()
     for _ in range(200):
         (port,) = free_ports(1, host=host)
         other = port + offset
-        if other > 65535 or port in exclude or other in exclude:
+        if other > 65535 or port in exclude or other in exclude or other in DEV_STACK_PORTS:
             continue
         if port_is_free(other, host):
             return port

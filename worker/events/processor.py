@@ -1,6 +1,7 @@
-"""Handle the events of one message: start their attempts (one statement), pick each topic's
-handler, and record how each ended. A failure of the work is recorded on the event (retry
-with backoff, or dead); storage being unavailable only postpones it; neither is raised."""
+"""Handle the events of one message: start each attempt, pick the topic's handler, and record
+how it ended. A failure of the work is recorded on the event (retry with backoff, or dead),
+and so is an attempt that Dramatiq's TimeLimit interrupted; storage being unavailable only
+postpones it; none of them is raised."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+from dramatiq.middleware.time_limit import TimeLimitExceeded
 from psycopg_pool import ConnectionPool
 
 from outbox.constants import EventStatus, Topic
@@ -109,8 +111,29 @@ class EventProcessor:
                 outcome = self._run(event, attempt, now, hint)
             except Exception as exc:
                 outcome = self._failed(event, attempt, exc, now)
+            except TimeLimitExceeded:
+                # Dramatiq's TimeLimit raised in this thread (a slow storage call, most
+                # likely) after actor_time_limit_seconds. A BaseException, so nothing above
+                # caught it: the attempt failed, recorded like any other failure instead of
+                # leaving the event running until a rescue finds it.
+                outcome = self._interrupted(event, attempt, now)
             lifecycle.record(event_id, topic, outcome, started)
         return outcome
+
+    def _interrupted(self, event: Row, attempt: int, now: datetime | None) -> Outcome:
+        limit = self.settings.actor_time_limit_seconds
+        error = TimeLimitExceeded(
+            f"the attempt ran longer than actor_time_limit_seconds ({limit:g})"
+        )
+        log.warning(
+            "event %s (%s) attempt %s interrupted: %s",
+            event["id"],
+            event["topic"],
+            attempt,
+            error,
+            extra={"event_id": event["id"], "topic": event["topic"]},
+        )
+        return lifecycle.fail(self.pool, self.settings, event, attempt, error, now)
 
     def _run(
         self, event: Row, attempt: int, now: datetime | None, hint: Mapping[str, Any] | None
