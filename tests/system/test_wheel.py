@@ -35,7 +35,6 @@ import pytest
 from outbox.settings import Settings
 from tests.support.require import missing
 from tests.support.util import wait_for
-from worker.cli import build_parser
 from worker.embedded import StackPorts, port_is_free
 from worker.processes import PROCESSES
 
@@ -306,9 +305,8 @@ def default_ports() -> dict[str, int]:
     fields = Settings.model_fields
     ports = {"postgres": stack.postgres, "valkey": stack.valkey}
     ports.update({f"seaweedfs-{i}": port for i, port in enumerate(stack.seaweed.all())})
-    for name in ("relay_metrics_port", "sweeper_metrics_port", "worker_metrics_port"):
+    for name in ("relay_metrics_port", "sweeper_metrics_port", "worker_metrics_port", "api_port"):
         ports[name] = int(fields[name].default)
-    ports["api"] = int(build_parser().parse_args(["api"]).port)
     return ports
 
 
