@@ -248,7 +248,10 @@ class Outbox:
         expires_in: int | None = None,
     ) -> DownloadTicket:
         """A short-lived presigned GET, only for an ``available`` document of this owner.
-        The response carries Content-Disposition with the original filename (RFC 6266).
+        The response's headers are set by the URL, not by what the stored object carries:
+        the declared Content-Type, Content-Disposition ``attachment`` with the original
+        filename (RFC 6266), Content-Encoding ``identity`` and Cache-Control ``private,
+        no-store`` (invariant 2: exactly the verified bytes, never cached).
 
         Raises:
             InvalidInput (400): bad ids, or ``expires_in`` above ``download_url_ttl_seconds``.

@@ -25,6 +25,16 @@ if TYPE_CHECKING:
 _ATTR_CHARS = "!#$&+-.^_`|~"
 
 
+#: Content-Encoding of every download: the bytes as verified. A stored ``gzip`` (an uploader
+#: can add the header to a presigned PUT, unsigned) would make clients decode the body into
+#: bytes nobody verified, or inflate a small object into a huge one.
+DOWNLOAD_CONTENT_ENCODING = "identity"
+#: Cache-Control of every download: a private document stays out of shared caches
+#: (``private``) and out of the browser's disk cache (``no-store``). Caching buys nothing:
+#: each download URL is new (its signature differs) and lives minutes.
+DOWNLOAD_CACHE_CONTROL = "private, no-store"
+
+
 def object_key(settings: Settings, document_id: UUID) -> str:
     """The server-made key of a document's object (invariant 8: no user input in it)."""
     return f"{settings.key_prefix}{document_id}"
@@ -109,12 +119,16 @@ class Presigner:
         return url, headers
 
     def get_url(self, *, key: str, filename: str, content_type: str, expires_in: int) -> str:
-        """A GET URL whose response carries a safe Content-Disposition with the filename."""
+        """A GET URL whose response headers are the service's, whatever the stored object
+        carries (``DOWNLOAD_HEADERS``: the declared type, ``attachment`` with the filename,
+        no content coding, not cached), so a download serves exactly the verified bytes."""
         params: dict[str, Any] = {
             "Bucket": self._settings.s3_bucket,
             "Key": key,
-            "ResponseContentDisposition": content_disposition(filename),
             "ResponseContentType": content_type,
+            "ResponseContentDisposition": content_disposition(filename),
+            "ResponseContentEncoding": DOWNLOAD_CONTENT_ENCODING,
+            "ResponseCacheControl": DOWNLOAD_CACHE_CONTROL,
         }
         return self.client.generate_presigned_url(
             "get_object", Params=params, ExpiresIn=expires_in, HttpMethod="GET"

@@ -33,7 +33,7 @@ from outbox import schema  # noqa: E402
 from outbox.constants import Topic  # noqa: E402
 from outbox.logs import configure as configure_logging  # noqa: E402
 from outbox.settings import Settings  # noqa: E402
-from worker import metrics  # noqa: E402
+from worker import metrics, permissions  # noqa: E402
 from worker.broker import ACTOR_NAMES, VERIFY_MANY_ACTOR, make_broker  # noqa: E402
 from worker.events import EventProcessor  # noqa: E402
 from worker.pool import make_pool  # noqa: E402
@@ -69,6 +69,18 @@ def check_schema() -> None:
         raise SystemExit(2) from None
 
 
+def check_storage() -> None:
+    """Refuse to work with storage credentials under which a missing object does not answer
+    404 (``worker.permissions``): a clear error naming the permission, then the worker
+    process exits and Dramatiq stops the others. Storage unreachable now is not a reason to
+    stop (logged; the outage is survived)."""
+    try:
+        permissions.check_access(Storage(settings))
+    except permissions.StorageAccessRefused as exc:
+        log.critical("%s", exc)
+        raise SystemExit(2) from None
+
+
 def serve_worker_metrics() -> int:
     """Dramatiq fork function: one metrics endpoint for all worker processes of this run."""
     metrics.serve_multiprocess(settings, settings.worker_metrics_port)
@@ -85,6 +97,7 @@ class WorkerSetup(Middleware):
     def after_process_boot(self, broker: dramatiq.Broker) -> None:
         configure_logging(settings.log_level, settings.log_json)
         check_schema()
+        check_storage()
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         # An idle Redis consumer sleeps up to worker_timeout (1 s by default) between fetches:

@@ -88,6 +88,8 @@ def _run_service(name: str, args: argparse.Namespace) -> int:
     stop.install()
     if not wait_for_schema(settings, stop):
         return 0
+    if name == "sweeper" and not _storage_permitted(settings):
+        return 2
     service: Service = Relay(settings) if name == "relay" else Sweeper(settings)
     if args.once:
         print(f"{name}: {service.run_once()} rows")
@@ -97,6 +99,21 @@ def _run_service(name: str, args: argparse.Namespace) -> int:
     metrics.serve(settings, args.metrics_port or default_port, with_database=True)
     Runner(service, stop).run_forever()
     return 0
+
+
+def _storage_permitted(settings: Settings) -> bool:
+    """The sweeper's start check of its storage credentials (``worker.permissions``): False
+    (after saying which permission is missing) when storage refuses them. Storage that cannot
+    be reached now passes (logged): an outage is survived."""
+    from worker.permissions import StorageAccessRefused, check_access
+    from worker.storage import Storage
+
+    try:
+        check_access(Storage(settings))
+    except StorageAccessRefused as exc:
+        print(f"s3-outbox: {exc}", file=sys.stderr)
+        return False
+    return True
 
 
 def cmd_relay(args: argparse.Namespace) -> int:

@@ -118,7 +118,7 @@ class Storage:
             if _is_missing(exc):
                 # A HEAD 404 has no body, so a missing bucket looks like a missing object;
                 # telling them apart keeps a misconfigured worker from rejecting good uploads.
-                self._check_bucket()
+                self.check_bucket()
                 return None
             raise
         checksum: str | None = resp.get("ChecksumSHA256")
@@ -154,9 +154,17 @@ class Storage:
             body.close()
         return digest.hexdigest()
 
-    def _check_bucket(self) -> None:
+    def check_bucket(self) -> None:
+        """Raise ``BucketMissing`` when the bucket does not exist.
+
+        A one-key listing of the key prefix, not HeadBucket: both need s3:ListBucket, but
+        HeadBucket carries no prefix, so credentials whose s3:ListBucket is limited to the
+        prefix (README "Storage permissions") would be refused it.
+        """
         try:
-            self.client.head_bucket(Bucket=self.bucket)
+            self.client.list_objects_v2(
+                Bucket=self.bucket, Prefix=self.settings.key_prefix, MaxKeys=1
+            )
         except ClientError as exc:
             if _is_missing(exc):
                 raise BucketMissing(f"bucket {self.bucket!r} does not exist") from None

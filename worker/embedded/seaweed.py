@@ -9,6 +9,7 @@ import signal
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,9 +106,13 @@ class SeaweedServer(ManagedServer):
         secret_key: str = DEFAULT_SECRET_KEY,
         bucket: str = DEFAULT_BUCKET,
         region: str = "us-east-1",
+        identities: Sequence[Mapping[str, Any]] = (),
         start_timeout: float = 60.0,
         stop_timeout: float = 30.0,
     ) -> None:
+        """``identities``: more SeaweedFS identities besides the admin one (name,
+        credentials, actions such as ``Read:bucket/prefix*``), e.g. least-privilege
+        credentials for tests."""
         super().__init__(data_dir, start_timeout=start_timeout, stop_timeout=stop_timeout)
         self._ports_auto = ports is None
         self.port_set = ports if ports is not None else SeaweedPorts.free()
@@ -115,6 +120,7 @@ class SeaweedServer(ManagedServer):
         self.secret_key = secret_key
         self.bucket = bucket
         self.region = region
+        self.identities = [dict(i) for i in identities]
 
     @property
     def url(self) -> str:
@@ -152,7 +158,8 @@ class SeaweedServer(ManagedServer):
                     "name": "admin",
                     "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
                     "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-                }
+                },
+                *self.identities,
             ]
         }
         self.config_path.write_text(json.dumps(identity, indent=2))
