@@ -18,6 +18,7 @@ from outbox.errors import (
     QuotaExceeded,
     SchemaOutOfDate,
     UnsupportedContentType,
+    UploadWindowClosed,
     ValidationFailed,
 )
 from outbox.logs import log_context
@@ -48,6 +49,7 @@ __all__ = [
     "Topic",
     "UnsupportedContentType",
     "UploadTicket",
+    "UploadWindowClosed",
     "ValidationFailed",
     "log_context",
     "migrate",

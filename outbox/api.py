@@ -7,7 +7,9 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import math
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -17,14 +19,33 @@ import psycopg
 from outbox import validation
 from outbox.constants import DocumentStatus
 from outbox.db import atomic, library_queries, reading
-from outbox.errors import InvalidInput, InvalidState, NotFound, QuotaBelowUsage, QuotaExceeded
+from outbox.errors import (
+    InvalidInput,
+    InvalidState,
+    NotFound,
+    QuotaBelowUsage,
+    QuotaExceeded,
+    UploadWindowClosed,
+)
 from outbox.logs import current_trace_id, log_context, new_trace_id
 from outbox.models import Document, DocumentPage, DownloadTicket, Quota, UploadTicket
-from outbox.presign import Presigner, object_key
+from outbox.presign import Presigner, object_key, signed_at
 from outbox.settings import Settings
 
 log = logging.getLogger("s3outbox.api")
 Conn = psycopg.Connection[Any]
+
+#: A repeated request for pending content gets a URL for what remains of the document's
+#: upload window, but never one shorter than this (or than the TTL asked for, if shorter):
+#: a URL that dies before an upload can finish helps nobody.
+REFRESH_MIN_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class _SignedPut:
+    url: str
+    headers: dict[str, str]
+    expires_at: datetime  # the signing instant + TTL: when storage stops taking the URL
 
 
 def _trace(trace_id: str | None) -> str:
@@ -65,9 +86,13 @@ class Outbox:
     ) -> UploadTicket:
         """Reserve ``size`` bytes of the owner's quota and return a presigned PUT.
 
+        The document's ``upload_expires_at`` is the URL's real expiry: the instant it was
+        signed (this process's clock) + its TTL; ``now`` (tests) stands for that instant.
         The same content (SHA-256) already uploaded or available for this owner returns that
         document and no URL; the same content still pending returns the same document with a
-        fresh URL and no second reservation.
+        fresh URL and no second reservation. A fresh URL never reaches past the document's
+        creation + ``upload_url_max_ttl_seconds`` (it is signed for what remains of that, at
+        most ``expires_in``), and never shortens the document's expiry.
 
         Raises:
             InvalidInput (400): bad owner id, size or SHA-256.
@@ -76,6 +101,9 @@ class Outbox:
             UnsupportedContentType (415): malformed or not allowed content type.
             FileTooLarge (413): size above ``max_upload_bytes``.
             QuotaExceeded (413): used + reserved + size > limit; carries the figures.
+            UploadWindowClosed (409): the same content is pending, with less than
+                ``expires_in`` (or ``REFRESH_MIN_SECONDS``, if smaller) left of its upload
+                window; carries ``expires_at`` and ``retry_after``.
         """
         owner = validation.owner_id(owner_id)
         name = validation.filename(filename, self.settings)
@@ -87,7 +115,6 @@ class Outbox:
             self.settings.upload_url_max_ttl_seconds,
         )
         trace = _trace(trace_id)
-        expires_at = (now or datetime.now(UTC)) + timedelta(seconds=ttl)
         with atomic(conn) as cur:
             quota = cur.execute(
                 self._q["lock_quota"],
@@ -104,25 +131,33 @@ class Outbox:
                 return UploadTicket(
                     document=doc, url=None, headers={}, expires_at=None, deduplicated=True
                 )
+            # Signed before the row is written (local HMAC work, after the quota lock was
+            # granted): the expiry stored is the URL's own, however long the lock took.
             if dup is not None:
+                window = dup["created_at"] + timedelta(
+                    seconds=self.settings.upload_url_max_ttl_seconds
+                )
+                signed = self._sign_refresh(Document.from_row(dup), ttl, now, window=window)
                 row = cur.execute(
                     self._q["refresh_pending_upload"],
-                    {"id": dup["id"], "expires_at": expires_at, "now": now},
+                    {"id": dup["id"], "expires_at": signed.expires_at, "now": now},
                 ).fetchone()
                 deduplicated = True
             else:
                 doc_id = uuid.uuid4()
+                key = object_key(self.settings, doc_id)
+                signed = self._sign(key, ctype, nbytes, digest, ttl, now)
                 row = cur.execute(
                     self._q["reserve_and_insert_document"],
                     {
                         "id": doc_id,
                         "owner_id": owner,
-                        "object_key": object_key(self.settings, doc_id),
+                        "object_key": key,
                         "filename": name,
                         "content_type": ctype,
                         "size": nbytes,
                         "sha256": digest,
-                        "expires_at": expires_at,
+                        "expires_at": signed.expires_at,
                         "trace_id": trace,
                         "now": now,
                     },
@@ -137,21 +172,57 @@ class Outbox:
                     )
         assert row is not None
         doc = Document.from_row(row)
-        url, headers = self.presigner.put_url(
-            key=doc.object_key,
-            content_type=doc.content_type,
-            size=doc.declared_size,
-            sha256_hex=doc.sha256,
-            expires_in=ttl,
-        )
         with log_context(trace_id=trace, document_id=doc.id):
             log.info("upload requested", extra={"size": doc.declared_size})
         return UploadTicket(
             document=doc,
-            url=url,
-            headers=headers,
-            expires_at=expires_at,  # this URL's; the document's may be later (a longer URL)
+            url=signed.url,
+            headers=signed.headers,
+            expires_at=signed.expires_at,  # this URL's; the document's may be later
             deduplicated=deduplicated,
+        )
+
+    def _sign(
+        self, key: str, ctype: str, size: int, sha256: str, ttl: int, now: datetime | None
+    ) -> _SignedPut:
+        """A PUT URL valid ``ttl`` seconds, and its real expiry: the signing instant (the
+        URL's X-Amz-Date, or ``now`` when the caller drives the clock) + ``ttl``."""
+        url, headers = self.presigner.put_url(
+            key=key, content_type=ctype, size=size, sha256_hex=sha256, expires_in=ttl
+        )
+        start = now if now is not None else signed_at(url)
+        return _SignedPut(url, headers, start + timedelta(seconds=ttl))
+
+    def _sign_refresh(
+        self, doc: Document, ttl: int, now: datetime | None, *, window: datetime
+    ) -> _SignedPut:
+        """A fresh URL for a pending document, expiring no later than ``window`` (its
+        creation + the longest TTL): signed for what remains, at most ``ttl``. The signing
+        instant is only known once signed, so when a second ticked over meanwhile and the
+        URL would outlive the window by it, it is signed again for one second less.
+
+        Raises:
+            UploadWindowClosed: less than ``min(ttl, REFRESH_MIN_SECONDS)`` remains.
+        """
+        least = min(ttl, REFRESH_MIN_SECONDS)
+        start = now if now is not None else datetime.now(UTC)
+        wanted = min(ttl, int((window - start).total_seconds()))
+        while wanted >= least:
+            signed = self._sign(
+                doc.object_key, doc.content_type, doc.declared_size, doc.sha256, wanted, now
+            )
+            if signed.expires_at <= window:
+                return signed
+            signing_instant = signed.expires_at - timedelta(seconds=wanted)
+            wanted = int((window - signing_instant).total_seconds())
+        # The sweeper expires it (or finds its object: a lost confirm) after its expiry + grace.
+        grace = timedelta(seconds=self.settings.purge_grace_seconds)
+        raise UploadWindowClosed(
+            "this content is already pending and its upload window is closing: confirm it if"
+            " it was uploaded, or ask again once it has expired",
+            document_id=str(doc.id),
+            expires_at=doc.upload_expires_at.isoformat(),
+            retry_after=max(1, math.ceil((doc.upload_expires_at + grace - start).total_seconds())),
         )
 
     def confirm(

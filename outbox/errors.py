@@ -91,6 +91,16 @@ class InvalidState(OutboxError):
     code = "invalid_state"
 
 
+class UploadWindowClosed(InvalidState):
+    """The same content is pending for this owner, but its upload window (the document's
+    creation + ``upload_url_max_ttl_seconds``) leaves too little time for a fresh URL (HTTP
+    409). Confirm the document if an earlier PUT succeeded, or ask again after
+    ``retry_after`` seconds, once it has expired. Carries ``document_id``, ``expires_at``
+    and ``retry_after``."""
+
+    code = "upload_window_closed"
+
+
 class QuotaBelowUsage(OutboxError):
     """A new limit would be below what the owner already uses and reserves (HTTP 409)."""
 

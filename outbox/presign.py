@@ -9,8 +9,9 @@ from __future__ import annotations
 import base64
 import threading
 import unicodedata
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, urlsplit
 from uuid import UUID
 
 import boto3
@@ -54,6 +55,19 @@ def content_disposition(filename: str) -> str:
     )
     encoded = quote(filename, safe=_ATTR_CHARS, encoding="utf-8")
     return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{encoded}"
+
+
+def signed_at(url: str) -> datetime:
+    """The instant a SigV4 presigned URL was signed (its ``X-Amz-Date``, whole seconds): storage
+    refuses a request that starts after this + ``X-Amz-Expires``.
+
+    Raises:
+        ValueError: the URL carries no SigV4 date.
+    """
+    values = parse_qs(urlsplit(url).query).get("X-Amz-Date")
+    if not values:
+        raise ValueError("not a SigV4 presigned URL: no X-Amz-Date")
+    return datetime.strptime(values[0], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
 
 
 def make_client(settings: Settings, endpoint_url: str) -> S3Client:

@@ -22,8 +22,10 @@ LIMIT 1;
 -- name: refresh_pending_upload
 -- A second request for content still pending gets a fresh URL for the same document.
 -- Every URL issued stays valid until its own expiry, so the document's expiry is the latest
--- of them: never shorten it, or the sweeper would expire and purge the upload (with no purge
--- after that) while an earlier, longer URL can still recreate the object (invariant 7).
+-- of them: never shorten it, or the sweeper would expire the upload while an earlier, longer
+-- URL can still recreate the object. The caller signed the fresh URL to expire by the
+-- document's creation + upload_url_max_ttl_seconds, so repeated requests cannot extend the
+-- expiry without bound (the bucket walk's horizon counts on that).
 UPDATE s3outbox.documents d
 SET upload_expires_at = greatest(d.upload_expires_at, %(expires_at)s),
     expire_requested_at = NULL,

@@ -59,12 +59,24 @@ class Settings(BaseSettings):
     retry_max_seconds: float = Field(300.0, gt=0)
     max_failures: int = Field(8, ge=1)
     redispatch_after_seconds: float = Field(300.0, gt=0)
-    # Clock-skew margin between the app, the database and storage around an URL's expiry.
+    # Clock-skew margin between the API processes (whose clock signs an URL: its expiry is
+    # the signing instant + TTL), storage (which checks it) and the database (whose clock
+    # every expiry comparison uses).
     purge_grace_seconds: float = Field(5.0, ge=0)
     # The longest a PUT may take once started: storage checks a URL's expiry when a request
     # starts, so a slow upload can land this long after its URL expired. A document that left
     # a live state gets its purge re-checked after upload_expires_at + this + grace.
     max_upload_seconds: float = Field(6 * 3600.0, ge=0)
+    # The bucket walk (worker/maintenance/bucket_walk.py): the sweeper lists the bucket under
+    # key_prefix on a persisted rolling cursor, this many pages of this many keys per round
+    # (0 pages: no walk), and queues a purge for each orphan older than the horizon.
+    bucket_walk_pages_per_round: int = Field(10, ge=0, le=10_000)
+    bucket_walk_page_size: int = Field(1000, ge=1, le=1000)
+    # A pass (every key seen once) is overdue when the last one ended longer ago than this:
+    # exported as a metric for the S3OutboxBucketWalkOverdue alert.
+    bucket_walk_period_seconds: float = Field(24 * 3600.0, gt=0)
+    # Raises the orphan horizon above its derived minimum (see orphan_horizon_seconds).
+    orphan_min_age_seconds: float = Field(0.0, ge=0)
     relay_batch_size: int = Field(200, ge=1, le=10_000)
     # Back-pressure: the most events dispatched and unfinished; a larger backlog waits in
     # PostgreSQL (visible as lag), not in Redis. Size it as worker processes x threads x
@@ -126,6 +138,24 @@ class Settings(BaseSettings):
         if self.retry_base_seconds > self.retry_max_seconds:
             raise ValueError("retry_base_seconds exceeds retry_max_seconds")
         return self
+
+    @property
+    def orphan_horizon_seconds(self) -> float:
+        """How old an object no live document owns must be before the bucket walk purges it:
+        older than any in-flight upload can make it. The longest URL a document can hold
+        (``upload_url_max_ttl_seconds``: a refreshed URL never reaches past its document's
+        creation + that), plus the longest PUT (``max_upload_seconds``), plus the clock-skew
+        margin; or ``orphan_min_age_seconds`` when that is larger."""
+        derived = (
+            self.upload_url_max_ttl_seconds + self.max_upload_seconds + self.purge_grace_seconds
+        )
+        return max(derived, self.orphan_min_age_seconds)
+
+    @property
+    def bucket_walk_cursor(self) -> str:
+        """The name of the bucket walk's row in ``s3outbox.maintenance_cursors``: one per
+        bucket and prefix, so a changed prefix starts a new walk from its first key."""
+        return f"bucket_walk:{self.s3_bucket}/{self.key_prefix}"
 
     @cached_property
     def public_endpoint(self) -> str:

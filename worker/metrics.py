@@ -58,6 +58,21 @@ ACTOR_DURATION = Histogram(
 )
 SWEEPS = Counter("s3outbox_sweeper_rows_total", "Rows handled by sweeper jobs.", ["job"])
 RELAY_BATCHES = Counter("s3outbox_relay_batches_total", "Claim batches run by a relay.")
+BUCKET_WALK_KEYS = Counter(
+    "s3outbox_bucket_walk_keys_total", "Object keys the sweeper's bucket walk listed."
+)
+BUCKET_WALK_ORPHANS = Counter(
+    "s3outbox_bucket_walk_orphans_queued_total",
+    "Purges of orphan objects (no live document, older than the horizon) the walk queued.",
+)
+BUCKET_WALK_PASSES = Counter(
+    "s3outbox_bucket_walk_passes_total", "Passes of the bucket walk completed (every key seen)."
+)
+BUCKET_WALK_ERRORS = Counter(
+    "s3outbox_bucket_walk_errors_total",
+    "Bucket listings that failed (e.g. access_denied: no s3:ListBucket), by reason.",
+    ["reason"],
+)
 
 
 class OutboxCollector(Collector):
@@ -91,6 +106,18 @@ class OutboxCollector(Collector):
             "Age since confirm of the oldest uploaded document not verified yet: the workers'"
             " lag as users see it.",
         )
+        walk_age = GaugeMetricFamily(
+            "s3outbox_bucket_walk_last_pass_age_seconds",
+            "Time since the bucket walk last completed a pass over every key (since its first"
+            " pass began, before one completed).",
+        )
+        walk_seconds = GaugeMetricFamily(
+            "s3outbox_bucket_walk_last_pass_seconds", "How long the last completed pass took."
+        )
+        walk_period = GaugeMetricFamily(
+            "s3outbox_bucket_walk_period_seconds",
+            "S3OUTBOX_BUCKET_WALK_PERIOD_SECONDS: a pass is overdue when the last one is older.",
+        )
         up = GaugeMetricFamily("s3outbox_database_up", "1 when the last scrape read the database.")
         quota_bytes = GaugeMetricFamily(
             "s3outbox_quota_bytes",
@@ -120,6 +147,14 @@ class OutboxCollector(Collector):
                     quota_bytes.add_metric([kind], value)
                 quota_owners.add_metric([], totals[3])
                 quota_full.add_metric([], totals[4])
+                walk = conn.execute(
+                    self._q["bucket_walk_progress"], {"name": self.settings.bucket_walk_cursor}
+                ).fetchone()
+                if walk is not None:  # no row: the walk never ran (or is turned off)
+                    walk_age.add_metric([], walk[4])
+                    if walk[3] is not None:
+                        walk_seconds.add_metric([], walk[3])
+                walk_period.add_metric([], self.settings.bucket_walk_period_seconds)
             up.add_metric([], 1)
         except (psycopg.Error, OSError) as exc:
             log.warning("metrics could not read the database: %s", exc)
@@ -129,6 +164,7 @@ class OutboxCollector(Collector):
         yield from (events, documents, pending_age, dispatched_age, in_flight_age, unverified_age)
         yield up
         yield from (quota_bytes, quota_owners, quota_full)
+        yield from (walk_age, walk_seconds, walk_period)
 
 
 def serve(settings: Settings, port: int, *, with_database: bool) -> Any:

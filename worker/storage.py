@@ -170,6 +170,19 @@ class Storage:
                 raise BucketMissing(f"bucket {self.bucket!r} does not exist") from None
             raise
 
+    def list_page(
+        self, prefix: str, start_after: str, max_keys: int
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """One ListObjectsV2 page: up to ``max_keys`` objects under ``prefix`` whose keys sort
+        after ``start_after`` ('' for the first), as dicts with Key, Size and LastModified,
+        and whether more follow. Needs ``s3:ListBucket``."""
+        params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": max_keys}
+        if start_after:
+            params["StartAfter"] = start_after
+        resp = self.client.list_objects_v2(**params)
+        contents = [dict(obj) for obj in resp.get("Contents", [])]
+        return contents, bool(resp.get("IsTruncated")) and bool(contents)
+
     def delete(self, key: str) -> None:
         """DeleteObject. Deleting a missing key succeeds, so purge is idempotent."""
         self.client.delete_object(Bucket=self.bucket, Key=key)

@@ -1,5 +1,6 @@
 """The sweeper: runs every maintenance job (``worker.maintenance``) once per
-``sweeper_interval_seconds``, each on the service loop (``worker.service``)."""
+``sweeper_interval_seconds``, each on the service loop (``worker.service``): expire abandoned
+uploads, rescue lost messages, prune done events, and walk the bucket for orphans."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import psycopg
 
 from outbox.settings import Settings
 from worker import metrics
-from worker.maintenance import ExpireAbandoned, Job, PruneDone, RescueStale
+from worker.maintenance import BucketWalk, ExpireAbandoned, Job, PruneDone, RescueStale
 from worker.pool import connect
 from worker.service import Stop
 
@@ -29,6 +30,8 @@ class Sweeper:
             ExpireAbandoned(settings),
             RescueStale(settings),
             PruneDone(settings),
+            # Last: the backstop of invariant 7, a bounded number of listed pages per round.
+            BucketWalk(settings),
         ]
         self._conn: psycopg.Connection[Any] | None = None
 

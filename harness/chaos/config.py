@@ -90,6 +90,9 @@ class ChaosConfig:
     relay_poll_seconds: float = 0.5
     sweeper_interval_seconds: float = 1.0
     purge_grace_seconds: float = 1.0
+    #: The longest a PUT may take: a document's purge is re-checked this long after its URL
+    #: expired, which the run waits for when it settles (the clients' PUTs take far less).
+    max_upload_seconds: float = 10.0
     retry_base_seconds: float = 0.2
     retry_max_seconds: float = 3.0
     max_failures: int = 8

@@ -44,6 +44,7 @@ def run_settings(base: Settings, config: ChaosConfig, token: str) -> Settings:
             "relay_poll_seconds": config.relay_poll_seconds,
             "sweeper_interval_seconds": config.sweeper_interval_seconds,
             "purge_grace_seconds": config.purge_grace_seconds,
+            "max_upload_seconds": config.max_upload_seconds,
             "retry_base_seconds": config.retry_base_seconds,
             "retry_max_seconds": config.retry_max_seconds,
             "max_failures": config.max_failures,

@@ -52,6 +52,7 @@ from outbox import (
     QuotaBelowUsage,
     QuotaExceeded,
     Settings,
+    UploadWindowClosed,
 )
 from outbox.presign import object_key
 from tests.support.core import put
@@ -240,13 +241,14 @@ class OutboxMachine(RuleBasedStateMachine):
             return self.settings.default_quota_bytes, 0, 0
         return int(row[0]), int(row[1]), int(row[2])
 
-    def live_duplicate(self, owner: str, body: bytes) -> tuple[uuid.UUID, str] | None:
+    def live_duplicate(self, owner: str, body: bytes) -> tuple[uuid.UUID, str, datetime] | None:
         row = self.db.execute(
-            "SELECT id, status FROM s3outbox.documents WHERE owner_id = %s AND sha256 = %s"
+            "SELECT id, status, created_at FROM s3outbox.documents"
+            " WHERE owner_id = %s AND sha256 = %s"
             " AND status IN ('pending', 'uploaded', 'available')",
             (owner, sha256_hex(body)),
         ).fetchone()
-        return None if row is None else (row[0], str(row[1]))
+        return None if row is None else (row[0], str(row[1]), row[2])
 
     def pick(self, items: list[Any], index: int) -> Any:
         return items[index % len(items)]
@@ -293,6 +295,13 @@ class OutboxMachine(RuleBasedStateMachine):
             assert used + reserved + len(body) > limit, (used, reserved, len(body), limit)
             assert (exc.used, exc.reserved, exc.limit) == (used, reserved, limit)
             return
+        except UploadWindowClosed:
+            self.conn.rollback()
+            assert dup is not None and dup[1] == DocumentStatus.PENDING
+            left = self.window_left(dup[2])
+            assert left < min(ttl, 60), f"refused with {left}s of the upload window left"
+            note("request: upload window closed")
+            return
         if not commit:
             self.conn.rollback()
             assert self.live_duplicate(owner, body) == dup, "a rolled-back request left a row"
@@ -310,7 +319,17 @@ class OutboxMachine(RuleBasedStateMachine):
             assert used + reserved + len(body) <= limit
             assert self.quota(owner)[1:] == (used, reserved + len(body))
         if ticket.url is not None:
-            assert ticket.expires_at == self.now + timedelta(seconds=ttl), "not this URL's"
+            # This URL's expiry: the request's instant + the TTL, cut to what remains of the
+            # document's upload window (its creation + the longest TTL) for a fresh URL.
+            granted = ttl if dup is None else min(ttl, int(self.window_left(dup[2])))
+            assert ticket.expires_at == self.now + timedelta(seconds=granted), "not this URL's"
+            created = ticket.document.created_at
+            assert ticket.expires_at <= created + timedelta(seconds=self.max_ttl)
+            # Never shortened: the document's expiry is the latest of its URLs'.
+            known = self.by_id.get(doc_id)
+            issued = [u.expires_at for u in known.urls] if known is not None else []
+            latest = max([ticket.expires_at, *issued])
+            assert ticket.document.upload_expires_at == latest, "the expiry is not the latest"
         # Invariant 8: the key is the server's, whatever the filename.
         assert ticket.document.object_key == object_key(self.settings, doc_id)
         doc = self.by_id.get(doc_id)
@@ -319,14 +338,18 @@ class OutboxMachine(RuleBasedStateMachine):
             self.docs.append(doc)
             self.by_id[doc_id] = doc
         if ticket.url is not None:
+            granted = (ticket.expires_at - self.now).total_seconds()
             doc.urls.append(
-                IssuedUrl(
-                    ticket,
-                    body,
-                    self.now + timedelta(seconds=ttl),
-                    time.monotonic() + ttl - 30,
-                )
+                IssuedUrl(ticket, body, ticket.expires_at, time.monotonic() + granted - 30)
             )
+
+    @property
+    def max_ttl(self) -> int:
+        return self.settings.upload_url_max_ttl_seconds
+
+    def window_left(self, created_at: datetime) -> float:
+        """Seconds left, at the simulated clock, of a pending document's upload window."""
+        return (created_at + timedelta(seconds=self.max_ttl) - self.now).total_seconds()
 
     def put_right(self, url: IssuedUrl) -> None:
         doc = self.by_id[url.ticket.document.id]

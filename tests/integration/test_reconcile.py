@@ -70,10 +70,14 @@ def test_dry_run_reports_apply_repairs_and_a_second_apply_does_nothing(
         sha256="0" * 64,
     )
     conn.commit()
+    # Expired so long ago that its purge's re-check (after the longest upload) is past too:
+    # the late object is one the re-check missed.
+    long_ago = settings.max_upload_seconds + settings.purge_grace_seconds + 3600
     execute(
         settings,
-        "UPDATE s3outbox.documents SET upload_expires_at = now() - interval '1 hour' WHERE id = %s",
-        (late.document.id,),
+        "UPDATE s3outbox.documents SET upload_expires_at = now() - make_interval(secs => %s)"
+        " WHERE id = %s",
+        (long_ago, late.document.id),
     )
     Sweeper(settings).run_once()
     inline_worker.drain()

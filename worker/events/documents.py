@@ -101,8 +101,11 @@ def finish_purge(
     cur: Cursor, settings: Settings, doc: Row, clock: datetime, now: datetime | None
 ) -> None:
     """The blob is gone: ``deleting -> deleted`` with its charge released (or, for a rejected
-    or expired document, the purge time noted), and a second purge after the upload URL's
-    expiry, since a late PUT could still recreate the object (invariant 7)."""
+    or expired document, the purge time noted), and a second purge for when no PUT can land
+    any more: a URL that is still valid, or a PUT that started before the URL expired (storage
+    checks expiry when a request starts) and is still sending, can recreate the object after
+    this purge (invariant 7). Every way out of a live state (delete, reject, expire) ends here.
+    """
     q = sql()
     if doc["status"] == DocumentStatus.DELETING:
         cur.execute(q["mark_deleted"], {"id": doc["id"], "now": now})
@@ -110,6 +113,15 @@ def finish_purge(
         metrics.DOCUMENT_OUTCOMES.labels(DocumentStatus.DELETED.value).inc()
     else:
         cur.execute(q["mark_purged"], {"id": doc["id"], "now": now})
-    recheck_at = doc["upload_expires_at"] + timedelta(seconds=settings.purge_grace_seconds)
+    recheck_at = last_put_landing(settings, doc["upload_expires_at"])
     if recheck_at > clock:
         queue_purge(cur, doc, recheck_at, now)
+
+
+def last_put_landing(settings: Settings, upload_expires_at: datetime) -> datetime:
+    """The latest a PUT with any of a document's URLs can create its object: the URLs'
+    expiry (the signing instant + TTL, the latest of them), plus the longest a started PUT
+    may take, plus the clock-skew margin (database, storage and API clocks)."""
+    return upload_expires_at + timedelta(
+        seconds=settings.max_upload_seconds + settings.purge_grace_seconds
+    )

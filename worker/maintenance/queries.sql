@@ -67,3 +67,40 @@ WHERE id IN (
     LIMIT %(limit)s
 )
 RETURNING id;
+
+-- name: walk_cursor
+-- Where the bucket walk is (a row created at the start of the bucket when missing), and the
+-- clock this page decides with. The INSERT's row is invisible to the second SELECT of the
+-- same statement, so exactly one row comes back either way.
+WITH clock AS (
+    SELECT coalesce(%(now)s::timestamptz, now()) AS clock
+), created AS (
+    INSERT INTO s3outbox.maintenance_cursors AS m (name, position, updated_at)
+    SELECT %(name)s, '', clock.clock FROM clock
+    ON CONFLICT (name) DO NOTHING
+    RETURNING m.position, m.pass_started_at
+)
+SELECT c.position, c.pass_started_at, clock.clock FROM created c CROSS JOIN clock
+UNION ALL
+SELECT m.position, m.pass_started_at, clock.clock
+FROM s3outbox.maintenance_cursors m CROSS JOIN clock
+WHERE m.name = %(name)s;
+
+-- name: walk_advance
+-- Move the cursor past a page the walk has examined: compare-and-set on the position it
+-- listed from, so of two sweepers that listed the same page one moves it (their purges are
+-- queued once: a unique index). The last page of a pass wraps the cursor to the start ('')
+-- and records the pass: when it started (its first page was listed), ended, and took.
+UPDATE s3outbox.maintenance_cursors m
+SET position = %(next)s,
+    pass_started_at = CASE WHEN %(finished)s THEN NULL
+                           ELSE coalesce(m.pass_started_at, %(listed_at)s) END,
+    last_pass_finished_at = CASE WHEN %(finished)s THEN coalesce(%(now)s::timestamptz, now())
+                                 ELSE m.last_pass_finished_at END,
+    last_pass_seconds = CASE WHEN %(finished)s
+        THEN greatest(extract(epoch FROM coalesce(%(now)s::timestamptz, now())
+                                         - coalesce(m.pass_started_at, %(listed_at)s)), 0)
+        ELSE m.last_pass_seconds END,
+    updated_at = coalesce(%(now)s::timestamptz, now())
+WHERE m.name = %(name)s AND m.position = %(position)s
+RETURNING m.last_pass_seconds;

@@ -5,7 +5,8 @@ Three walks, each in bounded pages (memory does not grow with the bucket or the 
 1. the bucket under ``key_prefix`` (ListObjectsV2, pages of ``page_size`` keys, one query per
    page): **orphan objects**, i.e. objects no live document owns, older than the horizon. A
    newer one may belong to an upload whose transaction has not committed yet (invariant 7
-   allows it until the horizon);
+   allows it until the horizon). What an orphan is, and how its purge is queued, is
+   ``worker.orphans``, which the sweeper's bucket walk shares;
 2. ``available`` documents (keyset pages, HeadObject each): **broken documents**, whose
    object is missing or differs in size, SHA-256 or content type (invariants 1 and 3);
 3. documents in a transitional state (keyset pages): **stuck documents**, waiting for an
@@ -42,9 +43,10 @@ import psycopg
 from psycopg.rows import dict_row
 
 from outbox import queries
-from outbox.constants import LIVE_STATUSES, DocumentStatus, Topic
+from outbox.constants import DocumentStatus, Topic
 from outbox.settings import Settings
 from worker.ops.progress import bar
+from worker.orphans import Disposition, Orphan, examine, queue_purges
 from worker.storage import ObjectInfo, Storage
 from worker.verification import Declared, mismatch
 
@@ -55,7 +57,6 @@ PAGE_SIZE = 1000
 #: Findings kept in a report per kind (counts stay exact): bounded memory on a bad day.
 SAMPLE_LIMIT = 1000
 _HEAD_THREADS = 16
-_ORPHAN_NAMESPACE = uuid.UUID("5b0c1f8e-2a41-4d0a-9c53-3e1f0b7d6a10")
 
 Row = dict[str, Any]
 Conn = psycopg.Connection[Any]
@@ -228,75 +229,33 @@ class _Walk:
             contents = page.get("Contents", [])
             if not contents:
                 continue
-            keys = [obj["Key"] for obj in contents]
-            report.objects_listed += len(keys)
-            counter.update(len(keys))
-            with self.conn.cursor(row_factory=dict_row) as cur:
-                rows = {
-                    r["object_key"]: r
-                    for r in cur.execute(self.q["reconcile_documents_by_keys"], {"keys": keys})
-                }
-                queued = {
-                    r["object_key"]
-                    for r in cur.execute(self.q["reconcile_key_purges_queued"], {"keys": keys})
-                }
-            found: list[tuple[str, int, datetime, Row | None]] = []
-            for obj in contents:
-                key = obj["Key"]
-                row = rows.get(key)
-                if row is not None and row["status"] in LIVE_STATUSES:
-                    continue
-                if obj["LastModified"] > cutoff:
-                    report.young_unowned += 1
-                    continue
-                found.append((key, int(obj["Size"]), obj["LastModified"], row))
-            self._orphan_page(found, queued)
+            report.objects_listed += len(contents)
+            counter.update(len(contents))
+            found = examine(self.conn, contents, cutoff)
+            report.young_unowned += found.young
+            self._orphan_page(found.orphans)
 
-    def _orphan_page(
-        self, found: list[tuple[str, int, datetime, Row | None]], queued: set[str]
-    ) -> None:
+    def _orphan_page(self, found: list[Orphan]) -> None:
         report = self.report
-        actions: dict[str, str] = {}
-        to_queue: list[tuple[str, uuid.UUID]] = []
-        for key, _size, _modified, row in found:
-            if row is not None and row["status"] == DocumentStatus.DELETING:
-                # The document's own purge removes it (queued again below if it was lost).
-                actions[key] = "left to the purge of its deleting document"
-            elif key in queued or (row is not None and row["purge_queued"]):
-                actions[key] = "purge already queued"
-            else:
-                report.to_repair += 1
-                to_queue.append((key, row["id"] if row is not None else _document_id_for(key)))
-                actions[key] = "purge queued" if self.apply else "would queue a purge"
-        if self.apply and to_queue:
-            with self.conn.transaction():
-                inserted = self.conn.execute(
-                    self.q["reconcile_queue_key_purges"],
-                    {
-                        "keys": [k for k, _ in to_queue],
-                        "document_ids": [d for _, d in to_queue],
-                        "trace_id": self.trace_id,
-                        "now": report.now,
-                    },
-                ).fetchall()
-            done = {key for _id, key in inserted}
-            report.events_queued += len(done)
-            report.repaired += len(done)
-            for key, _ in to_queue:
-                if key not in done:  # another run queued it meanwhile
-                    actions[key] = "purge already queued"
-                    report.to_repair -= 1
-        for key, size, modified, row in found:
+        needed = [o for o in found if o.disposition == Disposition.QUEUE]
+        report.to_repair += len(needed)
+        queued: set[str] = set()
+        if self.apply:
+            queued = queue_purges(self.conn, needed, trace_id=self.trace_id, now=report.now)
+            report.events_queued += len(queued)
+            report.repaired += len(queued)
+            report.to_repair -= len(needed) - len(queued)  # another run queued them meanwhile
+        for orphan in found:
             report.orphan_count += 1
             report._keep(
                 report.orphans,
                 OrphanObject(
-                    key=key,
-                    size=size,
-                    last_modified=modified,
-                    document_id=row["id"] if row is not None else None,
-                    document_status=row["status"] if row is not None else None,
-                    action=actions[key],
+                    key=orphan.key,
+                    size=orphan.size,
+                    last_modified=orphan.last_modified,
+                    document_id=orphan.document_id,
+                    document_status=orphan.document_status,
+                    action=_orphan_action(orphan, self.apply, queued),
                 ),
             )
 
@@ -508,14 +467,14 @@ def _broken(row: Row, problem: str, action: str) -> BrokenDocument:
     )
 
 
-def _document_id_for(key: str) -> uuid.UUID:
-    """The document id an orphan purge event carries when no row names the key: the key's
-    UUID tail (keys are prefix + document id), else a stable UUID made from the key."""
-    tail = key.rsplit("/", 1)[-1]
-    try:
-        return uuid.UUID(tail)
-    except ValueError:
-        return uuid.uuid5(_ORPHAN_NAMESPACE, key)
+def _orphan_action(orphan: Orphan, applied: bool, queued: set[str]) -> str:
+    if orphan.disposition == Disposition.DOCUMENT:
+        return "left to the purge of its deleting document"
+    if orphan.disposition == Disposition.QUEUED:
+        return "purge already queued"
+    if not applied:
+        return "would queue a purge"
+    return "purge queued" if orphan.key in queued else "purge already queued"
 
 
 def _jsonable(value: Any) -> Any:

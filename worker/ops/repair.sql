@@ -5,36 +5,6 @@
 -- name: reconcile_clock
 SELECT coalesce(%(now)s::timestamptz, now()) AS now;
 
--- name: reconcile_documents_by_keys
--- One page of listed keys -> their document rows, and whether the document's own purge
--- (object_key NULL) is already queued.
-SELECT d.object_key, d.id, d.status,
-       EXISTS (
-           SELECT 1 FROM s3outbox.events e
-           WHERE e.document_id = d.id AND e.topic = 'purge' AND e.object_key IS NULL
-             AND e.status IN ('pending', 'dispatched')
-       ) AS purge_queued
-FROM s3outbox.documents d
-WHERE d.object_key = ANY(%(keys)s::text[]);
-
--- name: reconcile_key_purges_queued
-SELECT e.object_key FROM s3outbox.events e
-WHERE e.object_key = ANY(%(keys)s::text[]) AND e.topic = 'purge'
-  AND e.status IN ('pending', 'dispatched');
-
--- name: reconcile_queue_key_purges
--- Purge events for orphan objects, one per key; a key already queued is skipped (the
--- partial unique index events_unfinished_object_key makes this safe under concurrency).
-INSERT INTO s3outbox.events AS e
-    (topic, document_id, object_key, trace_id, available_at, created_at, updated_at)
-SELECT 'purge', t.document_id, t.object_key, %(trace_id)s,
-       coalesce(%(now)s::timestamptz, now()), coalesce(%(now)s::timestamptz, now()),
-       coalesce(%(now)s::timestamptz, now())
-FROM unnest(%(document_ids)s::uuid[], %(keys)s::text[]) AS t(document_id, object_key)
-ON CONFLICT (object_key) WHERE object_key IS NOT NULL AND status IN ('pending', 'dispatched')
-DO NOTHING
-RETURNING e.id, e.object_key;
-
 -- name: reconcile_available_page
 SELECT d.id, d.owner_id, d.object_key, d.declared_size, d.sha256, d.content_type,
        d.charged_bytes

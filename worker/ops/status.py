@@ -51,7 +51,9 @@ def status_report(settings: Settings) -> dict[str, Any]:
 
     Keys: ``events`` (topic, status, count), ``documents`` (status -> count),
     ``oldest_pending_seconds``, ``oldest_dispatched_seconds``, ``lag_by_topic``, ``dead``,
-    ``quotas`` (owner_id, limit, used, reserved, percent) and ``quota_totals``.
+    ``quotas`` (owner_id, limit, used, reserved, percent), ``quota_totals`` and
+    ``bucket_walk`` (where the sweeper's walk is and when it last completed a pass; None
+    before it first ran).
     """
     q = ops_sql = _ops_sql()
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
@@ -66,6 +68,9 @@ def status_report(settings: Settings) -> dict[str, Any]:
             dead = conn.execute(q["dead_events"], {"limit": DEAD_LIMIT}).fetchall()
             top = conn.execute(q["quota_top"], {"limit": QUOTA_LIMIT}).fetchall()
             totals = conn.execute(ops_sql["quota_totals"]).fetchone()
+            walk = conn.execute(
+                q["bucket_walk_progress"], {"name": settings.bucket_walk_cursor}
+            ).fetchone()
     assert lag is not None and totals is not None
     return {
         "events": [{"topic": t, "status": s, "count": n} for t, s, n in events],
@@ -111,6 +116,16 @@ def status_report(settings: Settings) -> dict[str, Any]:
             "limit": totals[2],
             "owners": totals[3],
             "owners_above_90_percent": totals[4],
+        },
+        "bucket_walk": None
+        if walk is None
+        else {
+            "position": walk[0],
+            "pass_started_at": _jsonable(walk[1]),
+            "last_pass_finished_at": _jsonable(walk[2]),
+            "last_pass_seconds": walk[3],
+            "last_pass_age_seconds": round(walk[4], 3),
+            "period_seconds": settings.bucket_walk_period_seconds,
         },
     }
 
@@ -205,7 +220,25 @@ def render_status(report: dict[str, Any]) -> str:
                 ],
             )
         )
+    out.append("")
+    out.append(render_walk(report["bucket_walk"]))
     return "\n".join(out)
+
+
+def render_walk(walk: dict[str, Any] | None) -> str:
+    """One line on the sweeper's bucket walk."""
+    if walk is None:
+        return "BUCKET WALK: not started (the sweeper walks the bucket for orphan objects)"
+    where = f"after {walk['position']}" if walk["position"] else "at the start"
+    if walk["last_pass_finished_at"] is None:
+        last = f"no pass completed yet ({seconds(walk['last_pass_age_seconds'])} since it began)"
+    else:
+        last = (
+            f"last pass ended {seconds(walk['last_pass_age_seconds'])} ago and took "
+            f"{seconds(walk['last_pass_seconds'] or 0.0)}"
+        )
+    overdue = walk["last_pass_age_seconds"] > walk["period_seconds"]
+    return f"BUCKET WALK: {where}; {last}{' (OVERDUE)' if overdue else ''}"
 
 
 # -- events show ---------------------------------------------------------------------------

@@ -88,3 +88,12 @@ SELECT p.id FROM picked p LEFT JOIN wake ON true;
 -- Every event of one document, oldest first (for `events show`).
 SELECT id, topic, status, attempts, failures, created_at, finished_at
 FROM s3outbox.events WHERE document_id = %(document_id)s ORDER BY id;
+
+-- name: bucket_walk_progress
+-- Where the sweeper's bucket walk is (worker/maintenance/bucket_walk.py), and the age of its
+-- last completed pass (of the current one while none has completed).
+SELECT position, pass_started_at, last_pass_finished_at, last_pass_seconds,
+       extract(epoch FROM now() - coalesce(last_pass_finished_at, pass_started_at, updated_at))
+           ::float8 AS last_pass_age_seconds
+FROM s3outbox.maintenance_cursors
+WHERE name = %(name)s;
