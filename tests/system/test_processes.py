@@ -412,9 +412,18 @@ def test_an_attempt_over_the_actor_time_limit_is_a_failed_attempt_retried_later(
         )
         procs = Processes(slow, tmp_path)
         try:
-            ticket = upload(outbox, conn, "alice", body_of(2200))  # PUT straight to storage
-            proxy.force("delay")  # the workers' first storage request: the verify's HEAD
             procs.start("relay", "worker")
+            # A first document, so the worker has booted (its storage checks are done)
+            # before the next storage request is held back.
+            warm = upload(outbox, conn, "alice", body_of(2100)).document.id
+            wait_procs(
+                procs,
+                lambda: all_in(settings, [warm], DocumentStatus.AVAILABLE),
+                timeout=60,
+                what="the worker booted and verifying",
+            )
+            proxy.force("delay")  # the workers' next storage request: this verify's HEAD
+            ticket = upload(outbox, conn, "alice", body_of(2200))  # PUT straight to storage
             doc_id = ticket.document.id
             wait_procs(
                 procs,
@@ -425,7 +434,7 @@ def test_an_attempt_over_the_actor_time_limit_is_a_failed_attempt_retried_later(
         finally:
             procs.stop_all()
         assert proxy.faults()["delay"] == 1
-    (event,) = all_events(settings)
+    (event,) = [e for e in all_events(settings) if e["document_id"] == doc_id]
     assert (event["status"], event["attempts"], event["failures"], event["rescues"]) == (
         "done",
         2,
