@@ -95,12 +95,14 @@ class Outbox:
         most ``expires_in``), and never shortens the document's expiry.
 
         Raises:
-            InvalidInput (400): bad owner id, size or SHA-256.
+            InvalidInput (400): bad owner id, size or SHA-256; or the same SHA-256 already
+                declared with another size.
             ValidationFailed (422): bad filename (empty, too long, control/bidi characters,
                 path separators, only dots).
             UnsupportedContentType (415): malformed or not allowed content type.
             FileTooLarge (413): size above ``max_upload_bytes``.
             QuotaExceeded (413): used + reserved + size > limit; carries the figures.
+            InvalidState (409): the same content is pending with another content type.
             UploadWindowClosed (409): the same content is pending, with less than
                 ``expires_in`` (or ``REFRESH_MIN_SECONDS``, if smaller) left of its upload
                 window; carries ``expires_at`` and ``retry_after``.
@@ -124,6 +126,8 @@ class Outbox:
             dup = cur.execute(
                 self._q["find_live_duplicate"], {"owner_id": owner, "sha256": digest}
             ).fetchone()
+            if dup is not None:
+                _check_same_declaration(dup, nbytes, ctype)
             if dup is not None and dup["status"] != DocumentStatus.PENDING:
                 doc = Document.from_row(dup)
                 with log_context(trace_id=trace, document_id=doc.id):
@@ -170,7 +174,8 @@ class Outbox:
                         limit=quota["limit_bytes"],
                         requested=nbytes,
                     )
-        assert row is not None
+            if row is None:  # cannot happen: the duplicate is locked (kept for safety)
+                raise InvalidState("the pending upload changed meanwhile: ask again")
         doc = Document.from_row(row)
         with log_context(trace_id=trace, document_id=doc.id):
             log.info("upload requested", extra={"size": doc.declared_size})
@@ -443,6 +448,31 @@ class Outbox:
             # The same answer whether the id is unknown or another owner's: reveal nothing.
             raise NotFound("document not found")
         return row
+
+
+def _check_same_declaration(dup: dict[str, Any], size: int, content_type: str) -> None:
+    """A live document with this SHA-256 declares the same size, and (while still pending,
+    so one URL serves both requests) the same content type.
+
+    Raises:
+        InvalidInput (400): the same SHA-256 declared with another size (one of the two
+            declarations is false; nothing changes).
+        InvalidState (409): the same content is pending with another content type.
+    """
+    if dup["declared_size"] != size:
+        raise InvalidInput(
+            f"this SHA-256 is already declared with another size ({dup['declared_size']}"
+            f" bytes, not {size})",
+            document_id=str(dup["id"]),
+        )
+    if dup["status"] == DocumentStatus.PENDING and dup["content_type"] != content_type:
+        raise InvalidState(
+            f"this content is already pending as {dup['content_type']}: upload it with"
+            " that type, or delete that upload first",
+            status=dup["status"],
+            document_id=str(dup["id"]),
+            content_type=dup["content_type"],
+        )
 
 
 def _encode_cursor(doc: Document) -> str:

@@ -12,12 +12,16 @@ ON CONFLICT (owner_id) DO UPDATE SET owner_id = q.owner_id
 RETURNING q.owner_id, q.limit_bytes, q.used_bytes, q.reserved_bytes;
 
 -- name: find_live_duplicate
+-- Locked (after the owner's quota row: the order of every path), so a confirm or delete of
+-- it committing meanwhile is either seen here or waits for the caller's commit: the
+-- duplicate cannot leave `pending` between this look and the refresh below.
 SELECT d.*
 FROM s3outbox.documents d
 WHERE d.owner_id = %(owner_id)s
   AND d.sha256 = %(sha256)s
   AND d.status IN ('pending', 'uploaded', 'available')
-LIMIT 1;
+LIMIT 1
+FOR UPDATE;
 
 -- name: refresh_pending_upload
 -- A second request for content still pending gets a fresh URL for the same document.
