@@ -853,7 +853,7 @@ def run_chaos(
             result.settle_seconds = time.monotonic() - settle_start
             say("checking invariants")
             check_start = time.monotonic()
-            result.report = check_invariants(real, Storage(real), settled=True)
+            result.report = check_invariants(real, settled=True)
             result.expectation_failures = _check_expectations(real, run.results)
             result.check_seconds = time.monotonic() - check_start
         finally:

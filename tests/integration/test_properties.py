@@ -42,7 +42,7 @@ from hypothesis.stateful import (
 )
 from psycopg_pool import ConnectionPool
 
-from harness.invariants import check_invariants
+from harness.invariants import check_invariants, judge_client
 from outbox import (
     LIVE_STATUSES,
     DocumentStatus,
@@ -151,6 +151,7 @@ class World:
     pool: ConnectionPool[Any]
     processor: EventProcessor
     sweeper: Sweeper
+    judge: Any  # the invariant checker's own S3 client
 
     @classmethod
     def create(cls, base: Settings) -> World:
@@ -172,6 +173,7 @@ class World:
             pool,
             EventProcessor(settings, pool, storage),
             Sweeper(settings),
+            judge_client(settings),
         )
 
     def reset(self) -> None:
@@ -667,7 +669,7 @@ class OutboxMachine(RuleBasedStateMachine):
     @invariant()
     def system_invariants(self) -> None:
         SEEN["steps checked"] += 1
-        report = check_invariants(self.settings, self.storage, settled=False, now=self.now)
+        report = check_invariants(self.settings, self.world.judge, settled=False, now=self.now)
         assert report.ok, report.summary()
         assert not self.event_errors(), "a handler failed although every server works"
 
@@ -727,7 +729,7 @@ class OutboxMachine(RuleBasedStateMachine):
             if not hasattr(self, "relay"):
                 return
             now = self.settle()
-            report = check_invariants(self.settings, self.storage, settled=True, now=now)
+            report = check_invariants(self.settings, self.world.judge, settled=True, now=now)
             assert report.ok, report.summary()
             for doc in self.docs:
                 status = self.status(doc)
