@@ -300,7 +300,10 @@ def catalog_world(base_settings: Settings) -> Iterator[tuple[World, Settings]]:
         **{**base_settings.model_dump(), "key_prefix": f"test-{uuid.uuid4().hex[:10]}/"}
     )
     with psycopg.connect(settings.database_url, autocommit=True) as c:
-        c.execute("TRUNCATE s3outbox.events, s3outbox.documents, s3outbox.quotas")
+        c.execute(
+            "TRUNCATE s3outbox.events, s3outbox.documents, s3outbox.quotas,"
+            " s3outbox.document_parts"
+        )
     with psycopg.connect(settings.database_url) as conn:
         yield World(Outbox(settings), conn), settings
 
