@@ -1,7 +1,8 @@
 """Check DESIGN.md's invariants against the database and a full listing of the bucket.
 
 Used by tests, the chaos harness and operators. ``settled=True`` adds the checks that only
-hold once the system is quiet (no event left unfinished, no orphan object, nothing waiting).
+hold once the system is quiet (no event left unfinished, no orphan object or multipart upload
+in progress that no document is uploading, nothing waiting).
 Invariants 2 (download URLs) and 6 (idempotence) are properties of calls, not of state: tests
 prove them; here their consequences show up as quota drift or bad charges.
 """
@@ -21,8 +22,15 @@ from outbox import queries
 from outbox.constants import LIVE_STATUSES
 from outbox.presign import object_key
 from outbox.settings import Settings
+from worker.orphan_uploads import UPLOADING
 from worker.storage import Storage
-from worker.verification import Declared, mismatch
+from worker.verification import (
+    Declared,
+    DeclaredParts,
+    composite_sha256,
+    mismatch,
+    multipart_mismatch,
+)
 
 _UUID_TAIL = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _PAGE = 1000
@@ -138,18 +146,27 @@ def check_invariants(
                 page_rows = conn.execute(
                     q["invariant_available_page"], {"after": after, "limit": _PAGE}
                 ).fetchall()
-                for doc_id, key, size, sha, ctype in page_rows:
+                for doc_id, key, size, sha, ctype, part_count, digests in page_rows:
                     if key != object_key(settings, doc_id) and not key.endswith(str(doc_id)):
                         problems.append(f"document {doc_id}: key {key} is not its own")
                     info = storage.head(key)
                     if info is None:
                         problems.append(f"available document {doc_id}: object {key} missing")
                         continue
-                    why = mismatch(
-                        Declared(size, sha, ctype),
-                        info,
-                        None if info.sha256_b64 else storage.sha256_hex(key, size),
-                    )
+                    if part_count is not None:
+                        why = (
+                            multipart_mismatch(
+                                DeclaredParts(size, composite_sha256(digests), ctype), info
+                            )
+                            if digests and len(digests) == part_count
+                            else "its part digests are not recorded"
+                        )
+                    else:
+                        why = mismatch(
+                            Declared(size, sha, ctype),
+                            info,
+                            None if info.sha256_b64 else storage.sha256_hex(key, size),
+                        )
                     if why:
                         problems.append(f"available document {doc_id}: {why}")
                 if len(page_rows) < _PAGE:
@@ -173,7 +190,33 @@ def check_invariants(
                 [f"document {i} is {s}" for i, s in waiting],
             )
             report.add("7 no object without a live document row", orphans)
+            report.add(
+                "7 no multipart upload in progress without a document uploading it",
+                _unheld_uploads(conn, q, settings, storage),
+            )
     return report
+
+
+def _unheld_uploads(
+    conn: psycopg.Connection[Any], q: dict[str, str], settings: Settings, storage: Storage
+) -> list[str]:
+    """Uploads in progress under the prefix that no pending or uploaded document holds."""
+    found: list[str] = []
+    markers: dict[str, str] | None = {}
+    while markers is not None:
+        uploads, markers = storage.list_uploads_page(settings.key_prefix, markers, _PAGE)
+        rows = {
+            r[0]: r
+            for r in conn.execute(
+                q["invariant_uploads_by_keys"], {"keys": [u.key for u in uploads]}
+            ).fetchall()
+        }
+        for upload in uploads:
+            row = rows.get(upload.key)
+            if row is None or row[1] not in UPLOADING or row[2] != upload.upload_id:
+                status = "no row" if row is None else f"document {row[1]}"
+                found.append(f"upload {upload.upload_id} of {upload.key} ({status})")
+    return found
 
 
 def summarize_counts(report: InvariantReport) -> dict[str, Any]:

@@ -301,8 +301,7 @@ def catalog_world(base_settings: Settings) -> Iterator[tuple[World, Settings]]:
     )
     with psycopg.connect(settings.database_url, autocommit=True) as c:
         c.execute(
-            "TRUNCATE s3outbox.events, s3outbox.documents, s3outbox.quotas,"
-            " s3outbox.document_parts"
+            "TRUNCATE s3outbox.events, s3outbox.documents, s3outbox.quotas, s3outbox.document_parts"
         )
     with psycopg.connect(settings.database_url) as conn:
         yield World(Outbox(settings), conn), settings
