@@ -687,8 +687,8 @@ def test_reconcile_checks_multipart_documents_and_aborts_orphan_uploads(
 
     # The available multipart document checks out (composite of its recorded digests); the
     # pending one's upload is held; the orphan is reported, and only it.
-    assert check_invariants(settings, storage, settled=False).ok
-    unsettled = check_invariants(settings, storage, settled=True)
+    assert check_invariants(settings, settled=False).ok
+    unsettled = check_invariants(settings, settled=True)
     [failed] = unsettled.failures()
     assert failed.name.startswith("7 no multipart upload") and orphan in failed.problems[0]
     dry = reconcile(settings, horizon=0, storage=storage)
@@ -700,7 +700,7 @@ def test_reconcile_checks_multipart_documents_and_aborts_orphan_uploads(
     assert uploads_of(settings, nobody) == []
     assert uploads_of(settings, pending.key) == [pending_upload]
     assert reconcile(settings, apply=True, horizon=0, storage=storage).clean
-    assert check_invariants(settings, storage, settled=True).ok
+    assert check_invariants(settings, settled=True).ok
 
     # An available multipart object replaced behind our back (same size, one PUT): broken.
     client.put_object(
@@ -710,7 +710,7 @@ def test_reconcile_checks_multipart_documents_and_aborts_orphan_uploads(
         ContentType="application/octet-stream",
         ChecksumSHA256=base64.b64encode(hashlib.sha256(bytes(THREE_PARTS)).digest()).decode(),
     )
-    report = check_invariants(settings, storage, settled=False)
+    report = check_invariants(settings, settled=False)
     assert [c.name for c in report.failures()] == [
         "1/3 every available document's object exists and matches"
     ]
