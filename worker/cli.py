@@ -385,6 +385,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Command = args.func
     try:
         return int(func(args))
+    except KeyboardInterrupt:  # Ctrl-C before a command installed its own handler
+        return 130
     except psycopg.OperationalError as exc:
         print(f"s3-outbox: cannot reach PostgreSQL: {exc}", file=sys.stderr)
         return 2

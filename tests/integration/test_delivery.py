@@ -25,6 +25,7 @@ from tests.support.worker import (
     held_messages,
     lose_messages,
     upload,
+    wait_blocked,
 )
 from worker.events import EventProcessor, Outcome
 from worker.pool import make_pool
@@ -176,4 +177,26 @@ def test_a_web_request_holding_the_quota_row_fails_the_attempt_instead_of_blocki
         assert processor.process(event_id, attempt, now=retry_at) == Outcome.DONE
     finally:
         pool.close()
+    assert doc_row(settings, ticket.document.id)["status"] == DocumentStatus.AVAILABLE
+
+
+def test_a_message_that_arrives_before_the_relays_commit_is_handled(
+    outbox: Outbox, conn: Conn, settings: Settings, processor: EventProcessor
+) -> None:
+    """The relay sends a batch, then commits its claim: a fast worker can start the attempt
+    in between. It waits for the claim's commit and handles the event (before, it judged
+    the row by a snapshot that still said pending, skipped it, and the event waited for a
+    rescue)."""
+    from outbox import queries
+
+    ticket = upload(outbox, conn, "alice", body_of(1900))
+    claim = queries.load("worker", "relay.sql")["claim_events"]
+    with psycopg.connect(settings.database_url) as relay_tx:
+        ((event_id, _topic, _doc, attempt, *_),) = relay_tx.execute(
+            claim, {"limit": 10, "max_in_flight": 100, "now": None}
+        ).fetchall()
+        run = Background(lambda: processor.process(event_id, attempt))
+        wait_blocked(settings, "%FROM s3outbox.events WHERE id = ANY%FOR UPDATE%")
+        relay_tx.commit()
+        assert run.join() == Outcome.DONE
     assert doc_row(settings, ticket.document.id)["status"] == DocumentStatus.AVAILABLE

@@ -91,7 +91,12 @@ def test_run_stops_on_a_signal_at_any_moment_and_leaves_nothing(
         code = run.wait(timeout=90)
         log = (data.parent / "data.log").read_text(errors="replace")
         if kind != signal.SIGKILL:
-            assert code == 0, log[-3000:]
+            # 0 once `run` listens for signals (before it starts anything); a signal that
+            # lands while Python is still importing takes its default action (130 or -N),
+            # and then nothing was started yet either.
+            assert code in (0, 130, -int(kind)), log[-3000:]
+            if code != 0:
+                assert "starting embedded" not in log, log[-3000:]
         wait_for(
             lambda: not leftovers(token, run.pid),
             timeout=60,

@@ -80,23 +80,38 @@ def start(
     attempts: list[tuple[int, int]],
     now: datetime | None,
 ) -> dict[int, Row]:
-    """Begin the attempts ``(event id, attempt)`` of one message, in one statement: the
-    event rows of those that may start (current attempt, unfinished), by id. An event whose
-    last start's worker died is charged a failure first, and comes back ``dead`` when that
-    was its last. A missing id: a stale or repeated message, or a finished event."""
+    """Begin the attempts ``(event id, attempt)`` of one message: the event rows of those
+    that may start (current attempt, unfinished), by id. An event whose last start's worker
+    died is charged a failure first, and comes back ``dead`` when that was its last. A
+    missing id: a stale or repeated message, or a finished event.
+
+    Two statements in one transaction, pipelined (one round trip): the events are locked
+    first, and only then does the compare-and-set read them, with a snapshot taken after the
+    lock. A worker can receive a message while the relay's claiming transaction has not
+    committed yet (it sends, then commits); a single UPDATE would judge the row by its
+    statement snapshot (still pending, the previous attempt), skip it without waiting for
+    the lock, and drop the message.
+    """
     if not attempts:
         return {}
-    with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(
-            sql()["start_attempts"],
-            {
-                "ids": [event_id for event_id, _ in attempts],
-                "attempts": [attempt for _, attempt in attempts],
-                "max_failures": settings.max_failures,
-                "stale_after": settings.redispatch_after_seconds,
-                "now": now,
-            },
-        ).fetchall()
+    ids = [event_id for event_id, _ in attempts]
+    params = {
+        "ids": ids,
+        "attempts": [attempt for _, attempt in attempts],
+        "max_failures": settings.max_failures,
+        "stale_after": settings.redispatch_after_seconds,
+        "now": now,
+    }
+    q = sql()
+    with (
+        pool.connection() as conn,
+        conn.pipeline(),
+        conn.transaction(),
+        conn.cursor(row_factory=dict_row) as cur,
+    ):
+        cur.execute(q["lock_events"], {"ids": ids})
+        cur.execute(q["start_attempts"], params)
+        rows = cur.fetchall()
     return {row["id"]: row for row in rows}
 
 

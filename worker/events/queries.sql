@@ -5,6 +5,11 @@
 -- name: read_event
 SELECT e.* FROM s3outbox.events e WHERE e.id = %(id)s;
 
+-- name: lock_events
+-- Wait for the events' row locks (the relay's claim may not have committed yet), so the
+-- start below reads them as committed. Ordered: two messages never lock in opposite orders.
+SELECT id FROM s3outbox.events WHERE id = ANY(%(ids)s::bigint[]) ORDER BY id FOR UPDATE;
+
 -- name: start_attempts
 -- Workers begin attempts (one event, or every event of a packed message): only the current
 -- attempt of an unfinished event may start (a stale or repeated message stops here, before
