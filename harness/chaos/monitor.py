@@ -103,9 +103,12 @@ class Monitor:
         started = self.run_state.started
         db = self._database()
         finished = db["finished"] if db else None
+        # Finished per second since the last sample that could read the database.
+        known = [f for f in self.samples if f.finished is not None]
         finished_rate = None
-        if finished is not None and previous is not None and previous.finished is not None:
-            finished_rate = (finished - previous.finished) / span if span > 0 else 0.0
+        if finished is not None and known:
+            since = elapsed - known[-1].elapsed_seconds
+            finished_rate = (finished - (known[-1].finished or 0)) / since if since > 0 else 0.0
         faults, storage_faults = self.faults()
         rss = {name: max(sizes) / _MIB for name, sizes in self.procs.rss().items() if sizes}
         figures = Figures(
