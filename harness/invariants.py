@@ -4,28 +4,68 @@ Used by tests, the chaos harness and operators. ``settled=True`` adds the checks
 hold once the system is quiet (no event left unfinished, no orphan object, nothing waiting).
 Invariants 2 (download URLs) and 6 (idempotence) are properties of calls, not of state: tests
 prove them; here their consequences show up as quota drift or bad charges.
+
+The judge is independent of what it judges: it talks to storage with a boto3 client of its own
+(built with botocore, not with ``outbox.presign.make_client`` or ``worker.storage``), spells
+the key rule itself, and compares size, SHA-256 and content type with its own code, so a bug
+in the worker's verification cannot hide itself. tests/harness/test_invariants.py plants each
+violation and shows that its check fails.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
 
+import botocore.session
 import psycopg
+from botocore.config import Config
+from botocore.exceptions import ClientError
 
 from outbox import queries
 from outbox.constants import LIVE_STATUSES
-from outbox.presign import object_key
 from outbox.settings import Settings
-from worker.storage import Storage
-from worker.verification import Declared, mismatch
 
-_UUID_TAIL = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+# A canonical UUID as ``str(uuid.UUID(...))`` spells it: lower-case, 8-4-4-4-12.
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _PAGE = 1000
+_LIVE = frozenset(s.value for s in LIVE_STATUSES)
+# HeadObject fields that change how a client treats the response, which the service never
+# sets on an upload (it signs Content-Type only): invariant 1, "no response-affecting
+# metadata that the service did not set".
+_RESPONSE_METADATA = (
+    "ContentEncoding",
+    "ContentDisposition",
+    "ContentLanguage",
+    "CacheControl",
+    "Expires",
+    "ExpiresString",
+    "WebsiteRedirectLocation",
+)
+
+
+class CheckName(StrEnum):
+    """The checks of a report, by the invariant(s) they stand for."""
+
+    QUOTA = "4 quota: 0 <= used, used + reserved <= limit, used = sum of charges"
+    CHARGES = "1/4 charges only on verified documents, reservations only on unverified ones"
+    KEYS = "8 object keys are server-made: prefix + the document's own UUID"
+    OBJECTS = "1/3 every available document's object exists and matches"
+    METADATA = "1 no available object carries response-affecting metadata"
+    EVENTS = "5 every due event ended done or dead"
+    WAITING = "5 no document left waiting (uploaded, deleting, expired pending)"
+    ORPHANS = "7 no object without a live document row"
 
 
 @dataclass
@@ -52,6 +92,17 @@ class InvariantReport:
     def failures(self) -> list[Check]:
         return [c for c in self.checks if not c.passed]
 
+    def failed(self) -> set[str]:
+        """The names of the checks that failed."""
+        return {c.name for c in self.failures()}
+
+    def check(self, name: str) -> Check:
+        """The check called ``name``. Raises KeyError when this report did not run it."""
+        for c in self.checks:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
     def add(self, name: str, problems: list[str]) -> None:
         self.checks.append(Check(name, not problems, problems[:50]))
 
@@ -62,29 +113,63 @@ class InvariantReport:
         return "\n".join(lines)
 
 
+def judge_client(settings: Settings) -> S3Client:
+    """The judge's own S3 client for ``settings.s3_endpoint_url``, built with botocore.
+
+    Build it once and pass it to :func:`check_invariants` when checking often (a client costs
+    tens of milliseconds to build).
+    """
+    client: S3Client = botocore.session.get_session().create_client(  # type: ignore[assignment]
+        "s3",
+        endpoint_url=settings.s3_endpoint_url,
+        region_name=settings.s3_region,
+        aws_access_key_id=settings.s3_access_key_id,
+        aws_secret_access_key=settings.s3_secret_access_key.get_secret_value(),
+        config=Config(
+            signature_version="s3v4",
+            s3={"addressing_style": settings.s3_addressing_style},
+            retries={"mode": "standard", "max_attempts": 3},
+            # A plain GET: the judge hashes the body itself.
+            response_checksum_validation="when_required",
+        ),
+    )
+    return client
+
+
 def check_invariants(
     settings: Settings,
-    storage: Storage,
+    client: S3Client | None = None,
     *,
     settled: bool,
     now: datetime | None = None,
     verify_objects: bool = True,
 ) -> InvariantReport:
-    """Every invariant that state can show. Objects are those under ``settings.key_prefix``."""
-    q = {**queries.load("worker.ops", "status.sql"), **queries.load("harness", "invariants.sql")}
+    """Every invariant that state can show. Objects are those under ``settings.key_prefix``;
+    the database is the whole of it (the judge assumes the database belongs to ``settings``).
+
+    ``client`` is a boto3 S3 client (default: :func:`judge_client`); ``now`` is the clock of
+    the settled checks (default: the database's). ``verify_objects=False`` skips looking at
+    each available document's object. Raises TypeError when ``client`` is not an S3 client
+    (a ``worker.storage.Storage`` is not: the judge does not use the code it judges).
+    """
+    if client is None:
+        client = judge_client(settings)
+    elif not hasattr(client, "head_object"):
+        raise TypeError(f"check_invariants takes a boto3 S3 client, not {type(client).__name__}")
+    q = queries.load("harness", "invariants.sql")
     report = InvariantReport()
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
-        report.documents = dict(conn.execute(q["document_counts"]).fetchall())
-        report.events = Counter()
-        for _topic, status, n in conn.execute(q["event_counts"]).fetchall():
-            report.events[status] += n
-        report.events = dict(report.events)
+        report.documents = dict(conn.execute(q["invariant_document_counts"]).fetchall())
+        events: Counter[str] = Counter()
+        for status, n in conn.execute(q["invariant_event_counts"]).fetchall():
+            events[status] += n
+        report.events = dict(events)
 
         # 4: quotas.
         drift = conn.execute(q["invariant_quota_drift"]).fetchall()
         report.quota_mismatches = len(drift)
         report.add(
-            "4 quota: 0 <= used, used + reserved <= limit, used = sum of charges",
+            CheckName.QUOTA,
             [
                 f"owner {o}: limit {lim} used {u} reserved {r} (documents: charged {c},"
                 f" reserved {rs})"
@@ -98,40 +183,38 @@ def check_invariants(
         # 1 + 4: charges and reservations sit on the right documents.
         bad = conn.execute(q["invariant_bad_charges"]).fetchall()
         report.add(
-            "1/4 charges only on verified documents, reservations only on unverified ones",
+            CheckName.CHARGES,
             [
                 f"document {i} {s}: charged {c} reserved {r} declared {d} verified {v}"
                 for i, s, c, r, d, v in bad
             ],
         )
 
+        # 8 from the database: each document's key is the prefix + its own id, nothing else.
+        bad_keys = [
+            f"document {doc_id} ({status}): key {key!r} is not {settings.key_prefix}{doc_id}"
+            for doc_id, status, key in conn.execute(
+                q["invariant_foreign_keys"], {"prefix": settings.key_prefix}
+            ).fetchall()
+        ]
         # 8 and 7 (and 3 from the other side): walk the bucket page by page.
         orphans: list[str] = []
-        bad_keys: list[str] = []
-        paginator = storage.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(
-            Bucket=settings.s3_bucket,
-            Prefix=settings.key_prefix,
-            PaginationConfig={"PageSize": _PAGE},
-        ):
-            keys = [obj["Key"] for obj in page.get("Contents", [])]
+        for keys in _listed_keys(client, settings):
             report.objects_listed += len(keys)
-            rows = {
-                r[0]: r
-                for r in conn.execute(q["invariant_documents_by_keys"], {"keys": keys}).fetchall()
-            }
+            rows: dict[str, str] = dict(
+                conn.execute(q["invariant_documents_by_keys"], {"keys": keys}).fetchall()
+            )
             for key in keys:
-                tail = key[len(settings.key_prefix) :]
-                if not _UUID_TAIL.fullmatch(tail):
-                    bad_keys.append(key)
-                row = rows.get(key)
-                if row is None or row[2] not in LIVE_STATUSES:
+                if not _CANONICAL_UUID.fullmatch(key[len(settings.key_prefix) :]):
+                    bad_keys.append(f"object {key!r} is not the prefix + a lower-case UUID")
+                if rows.get(key, "") not in _LIVE:
                     orphans.append(key)
         report.orphan_objects = orphans
-        report.add("8 object keys are server-made (prefix + UUID)", bad_keys)
+        report.add(CheckName.KEYS, bad_keys)
 
         # 1 + 3: every available document's object is there and matches.
         problems: list[str] = []
+        metadata: list[str] = []
         if verify_objects:
             after = uuid.UUID(int=0)
             while True:
@@ -139,41 +222,109 @@ def check_invariants(
                     q["invariant_available_page"], {"after": after, "limit": _PAGE}
                 ).fetchall()
                 for doc_id, key, size, sha, ctype in page_rows:
-                    if key != object_key(settings, doc_id) and not key.endswith(str(doc_id)):
-                        problems.append(f"document {doc_id}: key {key} is not its own")
-                    info = storage.head(key)
-                    if info is None:
+                    head = _head(client, settings.s3_bucket, key)
+                    if head is None:
                         problems.append(f"available document {doc_id}: object {key} missing")
                         continue
-                    why = mismatch(
-                        Declared(size, sha, ctype),
-                        info,
-                        None if info.sha256_b64 else storage.sha256_hex(key, size),
-                    )
+                    why = _mismatch(client, settings.s3_bucket, key, head, size, sha, ctype)
                     if why:
                         problems.append(f"available document {doc_id}: {why}")
+                    extra = {f: head[f] for f in _RESPONSE_METADATA if head.get(f)}
+                    if extra:
+                        metadata.append(f"available document {doc_id}: {key} carries {extra}")
                 if len(page_rows) < _PAGE:
                     break
                 after = page_rows[-1][0]
-        report.add("1/3 every available document's object exists and matches", problems)
+        report.add(CheckName.OBJECTS, problems)
+        report.add(CheckName.METADATA, metadata)
 
         if settled:
             unfinished = conn.execute(q["invariant_unfinished_events"], {"now": now}).fetchall()
             report.lost_events = len(unfinished)
             report.add(
-                "5 every due event ended done or dead",
+                CheckName.EVENTS,
                 [
                     f"event {i} {t} {s} document {d} attempts {a} failures {f}: {e}"
                     for i, t, s, d, a, f, e in unfinished
                 ],
             )
             waiting = conn.execute(q["invariant_unsettled_documents"], {"now": now}).fetchall()
-            report.add(
-                "5 no document left waiting (uploaded, deleting, expired pending)",
-                [f"document {i} is {s}" for i, s in waiting],
-            )
-            report.add("7 no object without a live document row", orphans)
+            report.add(CheckName.WAITING, [f"document {i} is {s}" for i, s in waiting])
+            report.add(CheckName.ORPHANS, orphans)
     return report
+
+
+def _listed_keys(client: S3Client, settings: Settings) -> Iterator[list[str]]:
+    """Every key under the prefix, one page (list) at a time."""
+    paginator = client.get_paginator("list_objects_v2")
+    for page in paginator.paginate(
+        Bucket=settings.s3_bucket,
+        Prefix=settings.key_prefix,
+        PaginationConfig={"PageSize": _PAGE},
+    ):
+        yield [obj["Key"] for obj in page.get("Contents", [])]
+
+
+def _head(client: S3Client, bucket: str, key: str) -> dict[str, Any] | None:
+    """HeadObject with the stored checksum, or None when the object is missing."""
+    try:
+        return dict(client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED"))
+    except ClientError as exc:
+        if _missing(exc):
+            return None
+        raise
+
+
+def _mismatch(
+    client: S3Client,
+    bucket: str,
+    key: str,
+    head: dict[str, Any],
+    size: int,
+    sha256_hex: str,
+    content_type: str,
+) -> str | None:
+    """Why the object is not what its row declares, or None when it is."""
+    stored_size = int(head["ContentLength"])
+    if stored_size != size:
+        return f"{key}: {stored_size} bytes stored, {size} declared"
+    checksum = head.get("ChecksumSHA256")
+    if checksum and "-" not in checksum:
+        if checksum != base64.b64encode(bytes.fromhex(sha256_hex)).decode("ascii"):
+            return f"{key}: stored SHA-256 {checksum} is not the declared {sha256_hex}"
+    else:
+        # No whole-object SHA-256 stored (or a multipart composite, "...-N"): hash the body.
+        digest = _sha256_of_body(client, bucket, key)
+        if digest is None:
+            return f"{key}: vanished while being read"
+        if digest != sha256_hex:
+            return f"{key}: body hashes to {digest}, declared {sha256_hex}"
+    stored_type = str(head.get("ContentType") or "").split(";")[0].strip().lower()
+    if stored_type != content_type:
+        return f"{key}: stored content type {stored_type!r}, declared {content_type!r}"
+    return None
+
+
+def _sha256_of_body(client: S3Client, bucket: str, key: str) -> str | None:
+    try:
+        body = client.get_object(Bucket=bucket, Key=key)["Body"]
+    except ClientError as exc:
+        if _missing(exc):
+            return None
+        raise
+    digest = hashlib.sha256()
+    try:
+        for chunk in body.iter_chunks(chunk_size=1024 * 1024):
+            digest.update(chunk)
+    finally:
+        body.close()
+    return digest.hexdigest()
+
+
+def _missing(exc: ClientError) -> bool:
+    code = str(exc.response.get("Error", {}).get("Code"))
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code in {"404", "NoSuchKey", "NotFound"} or status == 404
 
 
 def summarize_counts(report: InvariantReport) -> dict[str, Any]:

@@ -52,7 +52,11 @@ class Relay:
         self._conn: psycopg.Connection[Any] | None = None
         self._listen: psycopg.Connection[Any] | None = None
         self._last_batch = 0
-        self._last_rescue = 0.0
+        # When the last rescue ran: on the real clock (time.monotonic()) for calls without
+        # ``now``, and on the caller's clock for calls with it, so a caller that drives time
+        # with ``now=`` (tests, simulations) decides when rescues run.
+        self._last_rescue: float | None = None
+        self._last_rescue_at: datetime | None = None
 
     # -- the work ------------------------------------------------------------------------
 
@@ -86,14 +90,25 @@ class Relay:
         if rows:
             log.debug("dispatched %d events", len(rows))
         self._last_batch = len(rows)
-        if time.monotonic() - self._last_rescue >= self._rescue_interval():
+        if self._rescue_due(now):
             self.rescue(now)
         return len(rows)
 
     def rescue(self, now: datetime | None = None) -> int:
         """Dispatched events whose message was lost or whose worker died -> pending."""
-        self._last_rescue = time.monotonic()
+        if now is None:
+            self._last_rescue = time.monotonic()
+        else:
+            self._last_rescue_at = now
         return rescue_stale(self._connection(), self.settings, self.broker.client, now)
+
+    def _rescue_due(self, now: datetime | None) -> bool:
+        """Has ``_rescue_interval()`` passed since the last rescue, on the clock of ``now``?"""
+        interval = self._rescue_interval()
+        if now is None:
+            return self._last_rescue is None or time.monotonic() - self._last_rescue >= interval
+        last = self._last_rescue_at
+        return last is None or (now - last).total_seconds() >= interval
 
     def _messages(
         self, rows: list[tuple[Any, ...]]

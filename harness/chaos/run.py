@@ -32,7 +32,7 @@ from harness.invariants import check_invariants
 from outbox import Settings, migrate, queries
 from outbox.presign import make_client
 from worker.embedded import EmbeddedStack
-from worker.storage import Storage, ensure_bucket
+from worker.storage import ensure_bucket
 
 Say = Callable[[str], None]
 
@@ -112,7 +112,7 @@ def run_chaos(
             result.settle_seconds = time.monotonic() - settle_start
             say("checking invariants")
             check_start = time.monotonic()
-            result.report = check_invariants(real, Storage(real), settled=True)
+            result.report = check_invariants(real, settled=True)
             result.expectation_failures = _check_expectations(real, run.results)
             result.event_stats = _event_stats(real)
             result.check_seconds = time.monotonic() - check_start

@@ -40,6 +40,6 @@ def test_lifecycle(outbox, conn, inline_worker: InlineWorker, storage, settings)
     assert doc.status == DocumentStatus.DELETED
     assert storage.head(doc.object_key) is None
     assert outbox.quota(conn, owner_id="alice").used_bytes == 0
-    report = check_invariants(settings, storage, settled=True)
+    report = check_invariants(settings, settled=True)
     assert report.ok, report.summary()
     assert report.documents == {"deleted": 1}

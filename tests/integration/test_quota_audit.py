@@ -83,7 +83,7 @@ def test_audit_reports_fix_corrects_and_refuses_what_would_break_the_limit(
     conn.commit()
     assert audit_quotas(settings, fix=True).fixed == 1
     assert audit_quotas(settings).drift_count == 0
-    report = check_invariants(settings, storage, settled=False, verify_objects=False)
+    report = check_invariants(settings, settled=False, verify_objects=False)
     assert report.ok, report.summary()
 
 

@@ -138,7 +138,7 @@ def test_dry_run_reports_apply_repairs_and_a_second_apply_does_nothing(
 
     final = reconcile(settings, horizon=0, storage=storage)
     assert (final.orphan_count, final.broken_count, final.stuck_count) == (0, 0, 0)
-    report = check_invariants(settings, storage, settled=True)
+    report = check_invariants(settings, settled=True)
     assert report.ok, report.summary()
 
 

@@ -544,25 +544,63 @@ def test_verify_eventually_consistent_put_after_confirm(
     outbox: Outbox,
     conn: Conn,
     settings: Settings,
-    inline_worker: InlineWorker,
+    relay: Relay,
+    processor: EventProcessor,
 ):
+    """The confirm arrives before the object is visible (a store that is only eventually
+    consistent, or a client that confirms too early): the verify snoozes; the object comes,
+    and the next attempt, still before the verify deadline, makes the document available.
+    Time is driven with ``now=``: nothing depends on how fast the test runs."""
     body = body_of(2222)
     ticket = request(outbox, conn, "alice", body)
     confirm(outbox, conn, "alice", ticket.document.id)
-    inline_worker.step()
-    assert inline_worker.outcomes == [Outcome.SNOOZED]
+    confirmed_at = doc_row(settings, ticket.document.id)["confirmed_at"]
+    deadline = after(confirmed_at, settings.verify_deadline_seconds)
+
+    early = after(confirmed_at, 1)
+    assert relay.run_once(now=early) == 1
+    event_id, attempt = only_dispatched(settings, "verify")
+    assert processor.process(event_id, attempt, now=early) == Outcome.SNOOZED
+    (event,) = events_of(settings, ticket.document.id)
+    retry_at = event["available_at"]
+    assert early < retry_at < deadline
     assert doc_row(settings, ticket.document.id)["status"] == DocumentStatus.UPLOADED
 
     assert put(ticket, body).status_code == 200
-
-    def available() -> bool:
-        inline_worker.step()
-        return doc_row(settings, ticket.document.id)["status"] == DocumentStatus.AVAILABLE
-
-    wait_for(available, timeout=settings.verify_deadline_seconds + 5, interval=0.05)
+    assert relay.run_once(now=early) == 0  # the snoozed event is not due yet
+    assert drain_at(settings, relay, processor, retry_at) == [Outcome.DONE]
+    assert doc_row(settings, ticket.document.id)["status"] == DocumentStatus.AVAILABLE
     (event,) = events_of(settings, ticket.document.id)
-    assert (event["status"], event["failures"]) == ("done", 0)
+    assert (event["status"], event["attempts"], event["failures"]) == ("done", 2, 0)
     assert_quota(settings, "alice", len(body), 0)
+
+
+def test_a_relay_driven_with_now_rescues_by_that_clock(
+    outbox: Outbox, conn: Conn, make_settings: Any
+):
+    """A relay called with ``now=`` decides when its next rescue is due by that clock, not
+    by the real one: a stale event waits until the rescue interval (a quarter of
+    ``redispatch_after_seconds``) has passed since the last rescue, in ``now`` time."""
+    slow = make_settings(redispatch_after_seconds=40.0)  # stale after 40 s; rescues every 10 s
+    ticket = upload(outbox, conn, "alice", body_of(1500))
+    relay = Relay(slow)
+    try:
+        t0 = db_now(slow)
+        assert relay.run_once(now=t0) == 1  # sent; this first round also rescued (nothing)
+
+        def event() -> tuple[str, int, int]:
+            (row,) = events_of(slow, ticket.document.id)
+            return row["status"], row["attempts"], row["rescues"]
+
+        assert relay.rescue(now=after(t0, 35)) == 0  # not stale yet: the last rescue is t0+35
+        relay.run_once(now=after(t0, 41))  # stale, but 6 s after the last rescue
+        assert event() == ("dispatched", 1, 0)
+        relay.run_once(now=after(t0, 46))  # 11 s after it: rescued
+        assert event() == ("pending", 1, 1)
+        assert relay.run_once(now=after(t0, 46)) == 1  # and sent again
+        assert event() == ("dispatched", 2, 1)
+    finally:
+        relay.close()
 
 
 # -- deletes -----------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""Helpers for the property-based tests (tests/test_properties.py): a real storage wrapper with
-an interleaving point, and a small model of what the test did to each document."""
+"""Helpers for the property-based tests (tests/integration/test_properties.py): a real
+storage wrapper with an interleaving point, and a small model of what the test did to each
+document."""
 
 from __future__ import annotations
 
@@ -56,7 +57,14 @@ class InterleavingStorage(Storage):
 
 @dataclass
 class IssuedUrl:
-    """An upload URL the test holds, with when it expires in simulated and in real time."""
+    """An upload URL the test holds, with when it expires in simulated and in real time.
+
+    The one place the property tests need the real clock: boto3 signs the URL with the real
+    time, and storage checks the signature's date and lifetime against its own real clock,
+    which a test cannot move. So the simulated clock decides whether the *model* allows a
+    PUT, and the real deadline only keeps the test from sending a PUT that storage would
+    refuse because the example ran longer than the URL's real lifetime.
+    """
 
     ticket: UploadTicket
     body: bytes
@@ -65,7 +73,8 @@ class IssuedUrl:
 
     def usable(self, now: datetime, grace_seconds: float) -> bool:
         """Would storage still take a PUT? Up to ``grace`` after expiry, as with a storage
-        clock that lags by the clock-skew margin the design allows for."""
+        clock that lags by the clock-skew margin the design allows for; and never after
+        the real signature may have died (see the class docstring)."""
         return (
             now < self.expires_at + timedelta(seconds=grace_seconds)
             and time.monotonic() < self.real_deadline
