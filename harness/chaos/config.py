@@ -157,8 +157,11 @@ class ChaosConfig:
 
     #: Seconds between two printed figures (documents/s, faults, dead, lost, RSS).
     figures_seconds: float = 60.0
-    #: Longest wait for the system to settle after the load.
+    #: Longest the system may go without settling anything after the load (a backlog that
+    #: keeps draining is waited for, up to ``settle_max_seconds``): the settle fails then.
     settle_timeout_seconds: float = 300.0
+    #: Longest wait for the system to settle after the load, progress or not.
+    settle_max_seconds: float = 1800.0
     #: Longest a client retries one call while PostgreSQL or storage is away.
     client_retry_seconds: float = 90.0
     data_dir: Path | None = None

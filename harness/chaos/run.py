@@ -108,7 +108,9 @@ def run_chaos(
                 say(f"restarted {', '.join(restarted)}")
             settle_start = time.monotonic()
             say("faults stopped; waiting for the system to settle")
-            result.settled = _wait_settled(real, config.settle_timeout_seconds, say)
+            result.settled = _wait_settled(
+                real, config.settle_timeout_seconds, config.settle_max_seconds, say
+            )
             result.settle_seconds = time.monotonic() - settle_start
             say("checking invariants")
             check_start = time.monotonic()
@@ -227,18 +229,26 @@ def _waiting(settings: Settings) -> str:
     )
 
 
-def _wait_settled(settings: Settings, timeout: float, say: Say) -> bool:
+def _wait_settled(settings: Settings, stall: float, longest: float, say: Say) -> bool:
     """Poll until no document is in a transitional state and no event is unfinished
-    (including events scheduled for later, e.g. the purge re-check after a URL expires)."""
-    deadline = time.monotonic() + timeout
+    (including events scheduled for later, e.g. the purge re-check after a URL expires).
+    False when nothing settled for ``stall`` seconds, or after ``longest`` seconds: a soak's
+    backlog that keeps draining is waited for, a system that stopped moving is not."""
+    start = time.monotonic()
+    progress_at, fewest = start, None
     last_report = 0.0
     while True:
         left = _unsettled(settings)
         if left == 0:
             return True
         now = time.monotonic()
-        if now >= deadline:
-            say(f"not settled after {timeout:.0f}s: {left} rows still waiting")
+        if left is not None and (fewest is None or left < fewest):
+            progress_at, fewest = now, left
+        if now - progress_at >= stall or now - start >= longest:
+            say(
+                f"not settled after {now - start:.0f}s ({now - progress_at:.0f}s without"
+                f" progress): {left} rows still waiting ({_waiting(settings)})"
+            )
             return False
         if now - last_report >= 10:
             say(f"settling: {left} documents/events still waiting ({_waiting(settings)})")

@@ -78,6 +78,7 @@ def small_config() -> ChaosConfig:
         worker_threads=3,
         figures_seconds=15.0,
         settle_timeout_seconds=90.0,
+        settle_max_seconds=150.0,
         client_retry_seconds=60.0,
     )
 
