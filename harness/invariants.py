@@ -1,7 +1,8 @@
 """Check DESIGN.md's invariants against the database and a full listing of the bucket.
 
 Used by tests, the chaos harness and operators. ``settled=True`` adds the checks that only
-hold once the system is quiet (no event left unfinished, no orphan object, nothing waiting).
+hold once the system is quiet (no event left unfinished, no orphan object or multipart upload
+in progress that no document is uploading, nothing waiting).
 Invariants 2 (download URLs) and 6 (idempotence) are properties of calls, not of state: tests
 prove them; here their consequences show up as quota drift or bad charges.
 
@@ -41,6 +42,9 @@ if TYPE_CHECKING:
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _PAGE = 1000
 _LIVE = frozenset(s.value for s in LIVE_STATUSES)
+_UPLOAD_MARKERS = (("KeyMarker", "NextKeyMarker"), ("UploadIdMarker", "NextUploadIdMarker"))
+# The states in which a document may hold a multipart upload in progress.
+_UPLOADING = frozenset({"pending", "uploaded"})
 # HeadObject fields that change how a client treats the response, which the service never
 # sets on an upload (it signs Content-Type only): invariant 1, "no response-affecting
 # metadata that the service did not set".
@@ -66,6 +70,7 @@ class CheckName(StrEnum):
     EVENTS = "5 every due event ended done or dead"
     WAITING = "5 no document left waiting (uploaded, deleting, expired pending)"
     ORPHANS = "7 no object without a live document row"
+    UPLOADS = "7 no multipart upload in progress without a document uploading it"
 
 
 @dataclass
@@ -221,12 +226,15 @@ def check_invariants(
                 page_rows = conn.execute(
                     q["invariant_available_page"], {"after": after, "limit": _PAGE}
                 ).fetchall()
-                for doc_id, key, size, sha, ctype in page_rows:
+                for doc_id, key, size, sha, ctype, part_count, digests in page_rows:
                     head = _head(client, settings.s3_bucket, key)
                     if head is None:
                         problems.append(f"available document {doc_id}: object {key} missing")
                         continue
-                    why = _mismatch(client, settings.s3_bucket, key, head, size, sha, ctype)
+                    if part_count is None:
+                        why = _mismatch(client, settings.s3_bucket, key, head, size, sha, ctype)
+                    else:
+                        why = _multipart_mismatch(key, head, size, ctype, part_count, digests)
                     if why:
                         problems.append(f"available document {doc_id}: {why}")
                     extra = {f: head[f] for f in _RESPONSE_METADATA if head.get(f)}
@@ -251,6 +259,7 @@ def check_invariants(
             waiting = conn.execute(q["invariant_unsettled_documents"], {"now": now}).fetchall()
             report.add(CheckName.WAITING, [f"document {i} is {s}" for i, s in waiting])
             report.add(CheckName.ORPHANS, orphans)
+            report.add(CheckName.UPLOADS, _unheld_uploads(conn, q, client, settings))
     return report
 
 
@@ -325,6 +334,70 @@ def _missing(exc: ClientError) -> bool:
     code = str(exc.response.get("Error", {}).get("Code"))
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     return code in {"404", "NoSuchKey", "NotFound"} or status == 404
+
+
+def _multipart_mismatch(
+    key: str,
+    head: dict[str, Any],
+    size: int,
+    content_type: str,
+    part_count: int,
+    digests: list[str] | None,
+) -> str | None:
+    """Why an object completed from parts is not what its row declares: its size, its type,
+    and its composite SHA-256 (S3's "...-N": base64(SHA-256 of the raw part digests in part
+    order)), computed here from the part digests the row recorded."""
+    stored_size = int(head["ContentLength"])
+    if stored_size != size:
+        return f"{key}: {stored_size} bytes stored, {size} declared"
+    if not digests or len(digests) != part_count:
+        return f"{key}: {part_count} parts declared, {len(digests or [])} digests recorded"
+    joined = b"".join(bytes.fromhex(d) for d in digests)
+    expected = base64.b64encode(hashlib.sha256(joined).digest()).decode("ascii")
+    expected = f"{expected}-{part_count}"
+    if head.get("ChecksumSHA256") != expected:
+        return f"{key}: stored checksum {head.get('ChecksumSHA256')}, parts make {expected}"
+    stored_type = str(head.get("ContentType") or "").split(";")[0].strip().lower()
+    if stored_type != content_type:
+        return f"{key}: stored content type {stored_type!r}, declared {content_type!r}"
+    return None
+
+
+def _unheld_uploads(
+    conn: psycopg.Connection[Any], q: dict[str, str], client: S3Client, settings: Settings
+) -> list[str]:
+    """Multipart uploads in progress under the prefix that no pending or uploaded document
+    holds (invariant 7 covers uploads in progress: they are invisible, billed storage)."""
+    found: list[str] = []
+    markers: dict[str, str] = {}
+    while True:
+        resp = client.list_multipart_uploads(
+            Bucket=settings.s3_bucket, Prefix=settings.key_prefix, MaxUploads=_PAGE, **markers
+        )
+        uploads = [(str(u["Key"]), str(u["UploadId"])) for u in resp.get("Uploads", [])]
+        rows = {
+            r[0]: r
+            for r in conn.execute(
+                q["invariant_uploads_by_keys"], {"keys": [k for k, _ in uploads]}
+            ).fetchall()
+        }
+        for key, upload_id in uploads:
+            row = rows.get(key)
+            if row is None or row[1] not in _UPLOADING or row[2] != upload_id:
+                status = "no row" if row is None else f"document {row[1]}"
+                found.append(f"upload {upload_id} of {key} ({status})")
+        following = {
+            name: str(resp[field])
+            for name, field in (
+                ("KeyMarker", "NextKeyMarker"),
+                ("UploadIdMarker", "NextUploadIdMarker"),
+            )
+            if resp.get(field)
+        }
+        # Stores page differently (SeaweedFS by upload id only): follow whatever moves on.
+        if not resp.get("IsTruncated") or not following or following == markers:
+            return found
+        markers = following
 
 
 def summarize_counts(report: InvariantReport) -> dict[str, Any]:

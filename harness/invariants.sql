@@ -64,7 +64,16 @@ ORDER BY id;
 SELECT object_key, status FROM s3outbox.documents WHERE object_key = ANY(%(keys)s::text[]);
 
 -- name: invariant_available_page
-SELECT id, object_key, declared_size, sha256, content_type
-FROM s3outbox.documents
-WHERE status = 'available' AND id > %(after)s::uuid
-ORDER BY id LIMIT %(limit)s;
+-- A multipart document's recorded part digests, in order, make its composite checksum.
+SELECT d.id, d.object_key, d.declared_size, d.sha256, d.content_type, d.part_count,
+       (SELECT array_agg(p.sha256 ORDER BY p.part_number)
+        FROM s3outbox.document_parts p
+        WHERE p.document_id = d.id AND d.part_count IS NOT NULL) AS part_digests
+FROM s3outbox.documents d
+WHERE d.status = 'available' AND d.id > %(after)s::uuid
+ORDER BY d.id LIMIT %(limit)s;
+
+-- name: invariant_uploads_by_keys
+-- Invariant 7 for multipart uploads: the documents of listed uploads' keys.
+SELECT object_key, status, upload_id
+FROM s3outbox.documents WHERE object_key = ANY(%(keys)s::text[]);

@@ -14,15 +14,27 @@ from outbox.errors import (
     MigrationLocked,
     NotFound,
     OutboxError,
+    PartsMissing,
     QuotaBelowUsage,
     QuotaExceeded,
     SchemaOutOfDate,
     UnsupportedContentType,
+    UploadNotReady,
     UploadWindowClosed,
     ValidationFailed,
 )
 from outbox.logs import log_context
-from outbox.models import Document, DocumentPage, DownloadTicket, Quota, UploadTicket
+from outbox.models import (
+    Document,
+    DocumentPage,
+    DownloadTicket,
+    MultipartPlan,
+    PartTicket,
+    Quota,
+    UploadedPart,
+    UploadStatus,
+    UploadTicket,
+)
 from outbox.schema import migrate
 from outbox.settings import Settings
 
@@ -38,9 +50,12 @@ __all__ = [
     "InvalidInput",
     "InvalidState",
     "MigrationLocked",
+    "MultipartPlan",
     "NotFound",
     "Outbox",
     "OutboxError",
+    "PartTicket",
+    "PartsMissing",
     "Quota",
     "QuotaBelowUsage",
     "QuotaExceeded",
@@ -48,8 +63,11 @@ __all__ = [
     "Settings",
     "Topic",
     "UnsupportedContentType",
+    "UploadNotReady",
+    "UploadStatus",
     "UploadTicket",
     "UploadWindowClosed",
+    "UploadedPart",
     "ValidationFailed",
     "log_context",
     "migrate",

@@ -7,16 +7,14 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import math
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
 import psycopg
 
-from outbox import validation
+from outbox import multipart, validation
 from outbox.constants import DocumentStatus
 from outbox.db import atomic, library_queries, reading
 from outbox.errors import (
@@ -25,27 +23,15 @@ from outbox.errors import (
     NotFound,
     QuotaBelowUsage,
     QuotaExceeded,
-    UploadWindowClosed,
 )
 from outbox.logs import current_trace_id, log_context, new_trace_id
 from outbox.models import Document, DocumentPage, DownloadTicket, Quota, UploadTicket
-from outbox.presign import Presigner, object_key, signed_at
+from outbox.presign import Presigner, Signed, object_key, sign_for, sign_within
 from outbox.settings import Settings
+from outbox.windows import REFRESH_MIN_SECONDS, window_closed, window_end
 
 log = logging.getLogger("s3outbox.api")
 Conn = psycopg.Connection[Any]
-
-#: A repeated request for pending content gets a URL for what remains of the document's
-#: upload window, but never one shorter than this (or than the TTL asked for, if shorter):
-#: a URL that dies before an upload can finish helps nobody.
-REFRESH_MIN_SECONDS = 60
-
-
-@dataclass(frozen=True)
-class _SignedPut:
-    url: str
-    headers: dict[str, str]
-    expires_at: datetime  # the signing instant + TTL: when storage stops taking the URL
 
 
 def _trace(trace_id: str | None) -> str:
@@ -53,7 +39,7 @@ def _trace(trace_id: str | None) -> str:
     return validation.trace_id(trace_id) or current_trace_id() or new_trace_id()
 
 
-class Outbox:
+class Outbox(multipart.MultipartCalls):
     """Entry point of the library. Create one per process and share it (thread-safe).
 
     >>> outbox = Outbox()                      # settings from S3OUTBOX_* variables
@@ -79,24 +65,36 @@ class Outbox:
         filename: str,
         content_type: str,
         size: int,
-        sha256: str,
+        sha256: str | None = None,
         expires_in: int | None = None,
         now: datetime | None = None,
         trace_id: str | None = None,
     ) -> UploadTicket:
-        """Reserve ``size`` bytes of the owner's quota and return a presigned PUT.
+        """Reserve ``size`` bytes of the owner's quota and return a presigned PUT, or, above
+        ``multipart_threshold_bytes``, a multipart plan.
 
-        The document's ``upload_expires_at`` is the URL's real expiry: the instant it was
-        signed (this process's clock) + its TTL; ``now`` (tests) stands for that instant.
-        The same content (SHA-256) already uploaded or available for this owner returns that
-        document and no URL; the same content still pending returns the same document with a
-        fresh URL and no second reservation. A fresh URL never reaches past the document's
-        creation + ``upload_url_max_ttl_seconds`` (it is signed for what remains of that, at
-        most ``expires_in``), and never shortens the document's expiry.
+        **Single PUT** (``sha256`` required). The document's ``upload_expires_at`` is the
+        URL's real expiry: the instant it was signed (this process's clock) + its TTL;
+        ``now`` (tests) stands for that instant. The same content (SHA-256) already uploaded
+        or available for this owner returns that document and no URL; the same content
+        still pending returns the same document with a fresh URL and no second reservation.
+        A fresh URL never reaches past the document's creation + ``upload_url_max_ttl_seconds``
+        (it is signed for what remains of that, at most ``expires_in``), and never shortens
+        the document's expiry.
+
+        **Multipart** (``size`` above ``multipart_threshold_bytes``; no ``sha256``: each
+        part's is sent with ``part_url``). A new document every time (no de-duplication: the
+        whole file's hash is not known before the upload), the whole size reserved, and a
+        ``multipart_create`` event in the same statement: a worker creates the multipart
+        upload, then ``part_url`` signs each part. The ticket has no URL; ``multipart`` is
+        the plan (part size and count). The document expires ``expires_in`` seconds from now
+        unless part URLs are asked for (each one extends it, up to its creation +
+        ``multipart_upload_window_seconds``).
 
         Raises:
-            InvalidInput (400): bad owner id, size or SHA-256; or the same SHA-256 already
-                declared with another size.
+            InvalidInput (400): bad owner id, size or SHA-256; a SHA-256 missing for a single
+                PUT, or given for a multipart document; or the same SHA-256 already declared
+                with another size.
             ValidationFailed (422): bad filename (empty, too long, control/bidi characters,
                 path separators, only dots).
             UnsupportedContentType (415): malformed or not allowed content type.
@@ -111,7 +109,8 @@ class Outbox:
         name = validation.filename(filename, self.settings)
         ctype = validation.content_type(content_type, self.settings)
         nbytes = validation.size(size, self.settings)
-        digest = validation.sha256_hex(sha256)
+        plan = multipart.plan_for(nbytes, self.settings)
+        digest = multipart.whole_file_sha256(sha256, plan, self.settings)
         ttl = validation.ttl(
             self.settings.upload_url_ttl_seconds if expires_in is None else expires_in,
             self.settings.upload_url_max_ttl_seconds,
@@ -123,6 +122,33 @@ class Outbox:
                 {"owner_id": owner, "default_limit": self.settings.default_quota_bytes},
             ).fetchone()
             assert quota is not None
+            doc_id = uuid.uuid4()
+            key = object_key(self.settings, doc_id)
+            if digest is None:
+                assert plan is not None
+                row = multipart.insert_document(
+                    cur,
+                    id=doc_id,
+                    owner=owner,
+                    key=key,
+                    filename=name,
+                    content_type=ctype,
+                    plan=plan,
+                    ttl=ttl,
+                    trace=trace,
+                    now=now,
+                )
+                if row is None:
+                    raise _quota_exceeded(quota, nbytes)
+                doc = Document.from_row(row)
+                with log_context(trace_id=trace, document_id=doc.id):
+                    log.info(
+                        "multipart upload requested",
+                        extra={"size": nbytes, "parts": plan.part_count},
+                    )
+                return UploadTicket(
+                    document=doc, url=None, headers={}, expires_at=None, multipart=plan
+                )
             dup = cur.execute(
                 self._q["find_live_duplicate"], {"owner_id": owner, "sha256": digest}
             ).fetchone()
@@ -138,18 +164,13 @@ class Outbox:
             # Signed before the row is written (local HMAC work, after the quota lock was
             # granted): the expiry stored is the URL's own, however long the lock took.
             if dup is not None:
-                window = dup["created_at"] + timedelta(
-                    seconds=self.settings.upload_url_max_ttl_seconds
-                )
-                signed = self._sign_refresh(Document.from_row(dup), ttl, now, window=window)
+                signed = self._sign_refresh(Document.from_row(dup), ttl, now)
                 row = cur.execute(
                     self._q["refresh_pending_upload"],
                     {"id": dup["id"], "expires_at": signed.expires_at, "now": now},
                 ).fetchone()
                 deduplicated = True
             else:
-                doc_id = uuid.uuid4()
-                key = object_key(self.settings, doc_id)
                 signed = self._sign(key, ctype, nbytes, digest, ttl, now)
                 row = cur.execute(
                     self._q["reserve_and_insert_document"],
@@ -168,12 +189,7 @@ class Outbox:
                 ).fetchone()
                 deduplicated = False
                 if row is None:
-                    raise QuotaExceeded(
-                        used=quota["used_bytes"],
-                        reserved=quota["reserved_bytes"],
-                        limit=quota["limit_bytes"],
-                        requested=nbytes,
-                    )
+                    raise _quota_exceeded(quota, nbytes)
             if row is None:  # cannot happen: the duplicate is locked (kept for safety)
                 raise InvalidState("the pending upload changed meanwhile: ask again")
         doc = Document.from_row(row)
@@ -189,45 +205,47 @@ class Outbox:
 
     def _sign(
         self, key: str, ctype: str, size: int, sha256: str, ttl: int, now: datetime | None
-    ) -> _SignedPut:
-        """A PUT URL valid ``ttl`` seconds, and its real expiry: the signing instant (the
-        URL's X-Amz-Date, or ``now`` when the caller drives the clock) + ``ttl``."""
-        url, headers = self.presigner.put_url(
-            key=key, content_type=ctype, size=size, sha256_hex=sha256, expires_in=ttl
-        )
-        start = now if now is not None else signed_at(url)
-        return _SignedPut(url, headers, start + timedelta(seconds=ttl))
+    ) -> Signed:
+        """A PUT URL valid ``ttl`` seconds, and its real expiry (``presign.sign_for``)."""
 
-    def _sign_refresh(
-        self, doc: Document, ttl: int, now: datetime | None, *, window: datetime
-    ) -> _SignedPut:
-        """A fresh URL for a pending document, expiring no later than ``window`` (its
-        creation + the longest TTL): signed for what remains, at most ``ttl``. The signing
-        instant is only known once signed, so when a second ticked over meanwhile and the
-        URL would outlive the window by it, it is signed again for one second less.
+        def sign(seconds: int) -> tuple[str, dict[str, str]]:
+            return self.presigner.put_url(
+                key=key, content_type=ctype, size=size, sha256_hex=sha256, expires_in=seconds
+            )
+
+        return sign_for(sign, ttl, now)
+
+    def _sign_refresh(self, doc: Document, ttl: int, now: datetime | None) -> Signed:
+        """A fresh URL for a pending document, expiring no later than its upload window (its
+        creation + the longest TTL): signed for what remains, at most ``ttl``
+        (``presign.sign_within``).
 
         Raises:
             UploadWindowClosed: less than ``min(ttl, REFRESH_MIN_SECONDS)`` remains.
         """
-        least = min(ttl, REFRESH_MIN_SECONDS)
-        start = now if now is not None else datetime.now(UTC)
-        wanted = min(ttl, int((window - start).total_seconds()))
-        while wanted >= least:
-            signed = self._sign(
-                doc.object_key, doc.content_type, doc.declared_size, doc.sha256, wanted, now
+        assert doc.sha256 is not None  # found by its SHA-256
+
+        def sign(seconds: int) -> tuple[str, dict[str, str]]:
+            assert doc.sha256 is not None
+            return self.presigner.put_url(
+                key=doc.object_key,
+                content_type=doc.content_type,
+                size=doc.declared_size,
+                sha256_hex=doc.sha256,
+                expires_in=seconds,
             )
-            if signed.expires_at <= window:
-                return signed
-            signing_instant = signed.expires_at - timedelta(seconds=wanted)
-            wanted = int((window - signing_instant).total_seconds())
+
+        least = min(ttl, REFRESH_MIN_SECONDS)
+        signed = sign_within(sign, ttl, now, window=window_end(self.settings, doc), least=least)
+        if signed is not None:
+            return signed
         # The sweeper expires it (or finds its object: a lost confirm) after its expiry + grace.
-        grace = timedelta(seconds=self.settings.purge_grace_seconds)
-        raise UploadWindowClosed(
+        raise window_closed(
+            self.settings,
+            doc,
+            now,
             "this content is already pending and its upload window is closing: confirm it if"
             " it was uploaded, or ask again once it has expired",
-            document_id=str(doc.id),
-            expires_at=doc.upload_expires_at.isoformat(),
-            retry_after=max(1, math.ceil((doc.upload_expires_at + grace - start).total_seconds())),
         )
 
     def confirm(
@@ -240,29 +258,40 @@ class Outbox:
         trace_id: str | None = None,
     ) -> Document:
         """The client says the upload finished: ``pending -> uploaded`` and a verify event.
-        Confirming twice is harmless (returns the document as it is).
+        A multipart document is confirmed only once every part was reported
+        (``report_part``). Confirming twice is harmless (returns the document as it is).
 
         Raises:
             InvalidInput (400): bad owner id or document id.
             NotFound (404): no such document for this owner.
             InvalidState (409): the document was rejected, expired or is being deleted.
+            PartsMissing (409): a multipart document with parts not reported yet; carries
+                ``missing`` (the first 1,000 numbers) and ``missing_count``.
         """
         owner = validation.owner_id(owner_id)
         doc_id = validation.document_id(document_id)
         trace = _trace(trace_id)
+        params = {"id": doc_id, "owner_id": owner, "now": now, "trace_id": trace}
         with atomic(conn) as cur:
-            row = cur.execute(
-                self._q["confirm_document"],
-                {"id": doc_id, "owner_id": owner, "now": now, "trace_id": trace},
-            ).fetchone()
+            row = cur.execute(self._q["confirm_document"], params).fetchone()
             if row is None:
-                row = self._get_row(cur, owner, doc_id)
-                if row["status"] not in (DocumentStatus.UPLOADED, DocumentStatus.AVAILABLE):
+                row = cur.execute(multipart.sql()["lock_owned_document"], params).fetchone()
+                if row is None:
+                    raise NotFound("document not found")
+                doc = Document.from_row(row)
+                if doc.status == DocumentStatus.PENDING and doc.multipart is not None:
+                    # Under the row lock, a new statement sees every report committed
+                    # before it: the first look may have raced one.
+                    multipart.check_all_reported(cur, doc)
+                    row = cur.execute(self._q["confirm_document"], params).fetchone()
+                    assert row is not None  # locked, pending, every part reported
+                elif doc.status in (DocumentStatus.UPLOADED, DocumentStatus.AVAILABLE):
+                    return doc
+                else:
                     raise InvalidState(
-                        f"cannot confirm a document that is {row['status']}",
-                        status=row["status"],
+                        f"cannot confirm a document that is {doc.status.value}",
+                        status=doc.status.value,
                     )
-                return Document.from_row(row)
         doc = Document.from_row(row)
         with log_context(trace_id=trace, document_id=doc.id):
             log.info("upload confirmed")
@@ -448,6 +477,15 @@ class Outbox:
             # The same answer whether the id is unknown or another owner's: reveal nothing.
             raise NotFound("document not found")
         return row
+
+
+def _quota_exceeded(quota: dict[str, Any], requested: int) -> QuotaExceeded:
+    return QuotaExceeded(
+        used=quota["used_bytes"],
+        reserved=quota["reserved_bytes"],
+        limit=quota["limit_bytes"],
+        requested=requested,
+    )
 
 
 def _check_same_declaration(dup: dict[str, Any], size: int, content_type: str) -> None:

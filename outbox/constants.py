@@ -38,6 +38,8 @@ class Topic(StrEnum):
     VERIFY = "verify"
     PURGE = "purge"
     EXPIRE = "expire"
+    #: Create the multipart upload of a document above ``multipart_threshold_bytes``.
+    MULTIPART_CREATE = "multipart_create"
 
 
 #: The LISTEN/NOTIFY channel the schema's trigger notifies on every new event.

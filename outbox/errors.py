@@ -101,6 +101,22 @@ class UploadWindowClosed(InvalidState):
     code = "upload_window_closed"
 
 
+class UploadNotReady(InvalidState):
+    """The multipart upload of this document does not exist yet: a worker creates it from an
+    outbox event moments after ``request_upload`` commits (HTTP 409 with ``Retry-After``).
+    Ask again after ``retry_after`` seconds. Carries ``document_id`` and ``retry_after``."""
+
+    code = "upload_not_ready"
+
+
+class PartsMissing(InvalidState):
+    """``confirm`` of a multipart document before every part was reported (HTTP 409).
+    Carries ``missing`` (the part numbers not reported, the first 1,000 of them) and
+    ``missing_count``."""
+
+    code = "parts_missing"
+
+
 class QuotaBelowUsage(OutboxError):
     """A new limit would be below what the owner already uses and reserves (HTTP 409)."""
 

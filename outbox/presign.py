@@ -9,7 +9,9 @@ from __future__ import annotations
 import base64
 import threading
 import unicodedata
-from datetime import UTC, datetime
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, urlsplit
 from uuid import UUID
@@ -68,6 +70,45 @@ def signed_at(url: str) -> datetime:
     if not values:
         raise ValueError("not a SigV4 presigned URL: no X-Amz-Date")
     return datetime.strptime(values[0], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Signed:
+    """A presigned URL, the headers its request must carry, and its real expiry."""
+
+    url: str
+    headers: dict[str, str]
+    expires_at: datetime  # the signing instant + TTL: when storage stops taking the URL
+
+
+#: Signs a URL valid for the given seconds: ``(url, headers)``.
+Signer = Callable[[int], tuple[str, dict[str, str]]]
+
+
+def sign_for(sign: Signer, ttl: int, now: datetime | None) -> Signed:
+    """A URL valid ``ttl`` seconds, and its real expiry: the signing instant (the URL's
+    X-Amz-Date, or ``now`` when the caller drives the clock) + ``ttl``."""
+    url, headers = sign(ttl)
+    start = now if now is not None else signed_at(url)
+    return Signed(url, headers, start + timedelta(seconds=ttl))
+
+
+def sign_within(
+    sign: Signer, ttl: int, now: datetime | None, *, window: datetime, least: int
+) -> Signed | None:
+    """A URL expiring no later than ``window``: signed for what remains of it, at most
+    ``ttl`` seconds; None when less than ``least`` seconds remain. The signing instant is
+    only known once signed, so when a second ticked over meanwhile and the URL would
+    outlive the window by it, it is signed again for one second less."""
+    start = now if now is not None else datetime.now(UTC)
+    wanted = min(ttl, int((window - start).total_seconds()))
+    while wanted >= least:
+        signed = sign_for(sign, wanted, now)
+        if signed.expires_at <= window:
+            return signed
+        signing_instant = signed.expires_at - timedelta(seconds=wanted)
+        wanted = int((window - signing_instant).total_seconds())
+    return None
 
 
 def make_client(settings: Settings, endpoint_url: str) -> S3Client:
@@ -131,6 +172,33 @@ class Presigner:
             "x-amz-checksum-sha256": checksum,
         }
         return url, headers
+
+    def part_url(
+        self,
+        *,
+        key: str,
+        upload_id: str,
+        part_number: int,
+        size: int,
+        sha256_hex: str,
+        expires_in: int,
+    ) -> tuple[str, dict[str, str]]:
+        """An UploadPart URL for one part of a multipart upload that signs Content-Length and
+        x-amz-checksum-sha256 (that part's), so storage refuses any other body for it; and
+        the headers the client must send."""
+        checksum = sha256_b64(sha256_hex)
+        params: dict[str, Any] = {
+            "Bucket": self._settings.s3_bucket,
+            "Key": key,
+            "UploadId": upload_id,
+            "PartNumber": part_number,
+            "ContentLength": size,
+            "ChecksumSHA256": checksum,
+        }
+        url = self.client.generate_presigned_url(
+            "upload_part", Params=params, ExpiresIn=expires_in, HttpMethod="PUT"
+        )
+        return url, {"Content-Length": str(size), "x-amz-checksum-sha256": checksum}
 
     def get_url(self, *, key: str, filename: str, content_type: str, expires_in: int) -> str:
         """A GET URL whose response headers are the service's, whatever the stored object

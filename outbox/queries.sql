@@ -66,7 +66,8 @@ SELECT q.owner_id FROM s3outbox.quotas q WHERE q.owner_id = %(owner_id)s FOR UPD
 SELECT d.* FROM s3outbox.documents d WHERE d.id = %(id)s AND d.owner_id = %(owner_id)s;
 
 -- name: confirm_document
--- pending -> uploaded and its verify event, in one statement.
+-- pending -> uploaded and its verify event, in one statement. A multipart document only
+-- once every part of its plan was reported (PartsMissing otherwise, outbox/multipart.py).
 WITH confirmed AS (
     UPDATE s3outbox.documents d
     SET status = 'uploaded',
@@ -74,6 +75,10 @@ WITH confirmed AS (
         updated_at = coalesce(%(now)s::timestamptz, now()),
         trace_id = coalesce(%(trace_id)s, d.trace_id)
     WHERE d.id = %(id)s AND d.owner_id = %(owner_id)s AND d.status = 'pending'
+      AND (d.part_count IS NULL
+           OR (SELECT count(*) FROM s3outbox.document_parts p
+               WHERE p.document_id = d.id AND p.etag IS NOT NULL
+                 AND p.part_number <= d.part_count) = d.part_count)
     RETURNING d.*
 ), event AS (
     INSERT INTO s3outbox.events (topic, document_id, trace_id, available_at, created_at, updated_at)
@@ -108,6 +113,9 @@ WITH target AS (
         updated_at = coalesce(%(now)s::timestamptz, now())
     FROM target
     WHERE q.owner_id = target.owner_id AND target.reserved_bytes > 0
+), parts AS (
+    -- A multipart document's parts are needed only while it is live.
+    DELETE FROM s3outbox.document_parts p USING target WHERE p.document_id = target.id
 ), event AS (
     INSERT INTO s3outbox.events (topic, document_id, trace_id, available_at, created_at, updated_at)
     SELECT 'purge', x.id, x.trace_id, coalesce(%(now)s::timestamptz, now()),

@@ -28,7 +28,8 @@ CREATE TABLE IF NOT EXISTS s3outbox.documents (
     filename            text        NOT NULL,
     content_type        text        NOT NULL,
     declared_size       bigint      NOT NULL CHECK (declared_size > 0),
-    sha256              text        NOT NULL CHECK (sha256 ~ '^[0-9a-f]{64}$'),
+    -- NULL for a multipart document (no whole-file SHA-256; each part's is in document_parts).
+    sha256              text        CHECK (sha256 ~ '^[0-9a-f]{64}$'),
     status              text        NOT NULL DEFAULT 'pending' CHECK (status IN (
                             'pending', 'uploaded', 'available', 'rejected',
                             'expired', 'deleting', 'deleted')),
@@ -45,7 +46,19 @@ CREATE TABLE IF NOT EXISTS s3outbox.documents (
     confirmed_at        timestamptz,
     verified_at         timestamptz,
     delete_requested_at timestamptz,
-    purged_at           timestamptz
+    purged_at           timestamptz,
+    -- Multipart (a document above multipart_threshold_bytes): the plan the library fixed
+    -- (NULL: one PUT), and the upload a worker created (NULL until then).
+    part_size           bigint,
+    part_count          integer,
+    upload_id           text,
+    CONSTRAINT documents_sha256_or_parts CHECK (sha256 IS NOT NULL OR part_size IS NOT NULL),
+    CONSTRAINT documents_multipart_plan CHECK (
+        (part_size IS NULL) = (part_count IS NULL)
+        AND (part_size IS NULL OR part_size > 0)
+        AND (part_count IS NULL OR part_count BETWEEN 1 AND 10000)
+        AND (upload_id IS NULL OR part_size IS NOT NULL)
+    )
 );
 
 CREATE INDEX IF NOT EXISTS documents_owner_created
@@ -67,7 +80,8 @@ CREATE INDEX IF NOT EXISTS documents_uploaded_since
 -- The outbox. pending -> dispatched -> done | dead.
 CREATE TABLE IF NOT EXISTS s3outbox.events (
     id              bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    topic           text        NOT NULL CHECK (topic IN ('verify', 'purge', 'expire')),
+    topic           text        NOT NULL CONSTRAINT events_topic_check CHECK (topic IN (
+                        'verify', 'purge', 'expire', 'multipart_create')),
     document_id     uuid        NOT NULL,
     status          text        NOT NULL DEFAULT 'pending' CHECK (status IN (
                         'pending', 'dispatched', 'done', 'dead')),
@@ -202,6 +216,22 @@ BEGIN
 END;
 $$;
 
+-- The parts of a multipart document, one row per part a URL was issued for; kept while the
+-- document is live (verify, reconcile and the invariant checker compute the expected
+-- composite checksum from them), deleted when it leaves a live state.
+CREATE TABLE IF NOT EXISTS s3outbox.document_parts (
+    document_id     uuid        NOT NULL,
+    part_number     integer     NOT NULL CHECK (part_number BETWEEN 1 AND 10000),
+    size            bigint      NOT NULL CHECK (size > 0),
+    -- The digest signed into this part's latest URL: storage refuses any other body.
+    sha256          text        NOT NULL CHECK (sha256 ~ '^[0-9a-f]{64}$'),
+    -- What the client reported once its PUT succeeded (NULL: not reported yet).
+    etag            text,
+    url_issued_at   timestamptz NOT NULL,
+    reported_at     timestamptz,
+    PRIMARY KEY (document_id, part_number)
+);
+
 -- Where the sweeper's rolling walks are (the bucket walk: a key to start after).
 CREATE TABLE IF NOT EXISTS s3outbox.maintenance_cursors (
     name                    text        PRIMARY KEY,
@@ -221,5 +251,7 @@ CREATE TABLE IF NOT EXISTS s3outbox.schema_migrations (
 );
 INSERT INTO s3outbox.schema_migrations (version, name, checksum) VALUES
     (1, 'initial', '373aa8880402e1343d2167329ab4770c8fdff45168e92e29043cbf87c8c11874'),
-    (2, 'delivery_guarantees', '8b96e22cc6678d4a1aef0f0196e80ea91b0be649b5ad5c75445bdd16561b5692')
+    (2, 'delivery_guarantees', '8b96e22cc6678d4a1aef0f0196e80ea91b0be649b5ad5c75445bdd16561b5692'),
+    (3, 'multipart', '4dfba2ae63ad9226a3fb597d49ccf3be2f25da3e6c00aa3b12865f55671c16a3'),
+    (4, 'validate_multipart_checks', 'd7521fdef37cda0cbc17920f40c4052bc8de313bff0d88a740d24046fa63d47c')
 ON CONFLICT (version) DO NOTHING;

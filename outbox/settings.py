@@ -26,6 +26,10 @@ DEFAULT_CONTENT_TYPES = (
 )
 
 
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+
+
 class Settings(BaseSettings):
     """All settings of s3-outbox. Read from ``S3OUTBOX_<NAME>`` environment variables."""
 
@@ -47,7 +51,16 @@ class Settings(BaseSettings):
     upload_url_ttl_seconds: int = Field(900, ge=1)
     upload_url_max_ttl_seconds: int = Field(3600, ge=1, le=7 * 24 * 3600)
     download_url_ttl_seconds: int = Field(300, ge=1, le=7 * 24 * 3600)
-    max_upload_bytes: int = Field(100 * 1024 * 1024, ge=1)
+    # Every upload, single PUT or multipart; at most 5 TiB (S3's largest object).
+    max_upload_bytes: int = Field(50 * GIB, ge=1, le=5 * 1024 * GIB)
+    # Multipart (outbox/multipart.py): a document above this size is uploaded in parts (a
+    # single PUT is at most 5 GiB on S3). Parts are multipart_part_size_bytes (>= 5 MiB,
+    # S3's minimum for every part but the last), raised in whole MiB so that no upload needs
+    # more than 10,000 parts. A multipart document stays pending at most
+    # multipart_upload_window_seconds after its creation: no part URL reaches past that.
+    multipart_threshold_bytes: int = Field(100 * MIB, ge=1, le=5 * GIB)
+    multipart_part_size_bytes: int = Field(16 * MIB, ge=5 * MIB, le=5 * GIB)
+    multipart_upload_window_seconds: int = Field(24 * 3600, ge=60, le=7 * 24 * 3600)
     allowed_content_types: Annotated[tuple[str, ...], NoDecode] = DEFAULT_CONTENT_TYPES
     max_filename_length: int = Field(255, ge=1, le=4096)
     default_quota_bytes: int = Field(1024 * 1024 * 1024, ge=0)

@@ -61,6 +61,26 @@ def size(value: object, settings: Settings) -> int:
     return value
 
 
+#: S3's limit on the parts of one multipart upload.
+MAX_PARTS = 10_000
+# An ETag as storage sends it (quoted hex, possibly with a -N suffix): printable ASCII.
+_ETAG = re.compile(r"[\x21-\x7e]{1,256}")
+
+
+def part_number(value: object) -> int:
+    """A part number: an integer between 1 and 10,000 (S3's range)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PARTS:
+        raise InvalidInput(f"part_number must be an integer between 1 and {MAX_PARTS}")
+    return value
+
+
+def etag(value: object) -> str:
+    """An ETag as storage returned it: 1-256 printable ASCII characters, no spaces."""
+    if not isinstance(value, str) or not _ETAG.fullmatch(value):
+        raise InvalidInput("etag must be 1-256 printable ASCII characters without spaces")
+    return value
+
+
 def content_type(value: object, settings: Settings) -> str:
     """A bare media type (no parameters) from the allowed list; returned lower-case."""
     if not isinstance(value, str):

@@ -107,7 +107,8 @@ def make_settings(base_settings: Settings) -> Callable[..., Settings]:
 def clean_db(base_settings: Settings) -> None:
     with psycopg.connect(base_settings.database_url, autocommit=True) as conn:
         conn.execute(
-            "TRUNCATE s3outbox.events, s3outbox.documents, s3outbox.quotas RESTART IDENTITY"
+            "TRUNCATE s3outbox.events, s3outbox.documents, s3outbox.quotas,"
+            " s3outbox.document_parts RESTART IDENTITY"
         )
 
 

@@ -152,3 +152,9 @@ def expire(event_id: int, attempt: int) -> None:
 def purge(event_id: int, attempt: int) -> None:
     """Delete the object of a document that is no longer live."""
     processor().process(event_id, attempt)
+
+
+@dramatiq.actor(actor_name=ACTOR_NAMES[Topic.MULTIPART_CREATE], **_ACTOR_OPTIONS)
+def multipart_create(event_id: int, attempt: int) -> None:
+    """Create the multipart upload of a pending multipart document and record its id."""
+    processor().process(event_id, attempt)

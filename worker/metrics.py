@@ -73,6 +73,21 @@ BUCKET_WALK_ERRORS = Counter(
     "Bucket listings that failed (e.g. access_denied: no s3:ListBucket), by reason.",
     ["reason"],
 )
+MULTIPART_WALK_UPLOADS = Counter(
+    "s3outbox_multipart_walk_uploads_total",
+    "Multipart uploads in progress the sweeper's multipart walk listed.",
+)
+MULTIPART_WALK_ABORTED = Counter(
+    "s3outbox_multipart_walk_aborted_total",
+    "Orphan multipart uploads (no document uploading holds them, older than the horizon)"
+    " the walk aborted.",
+)
+MULTIPART_WALK_ERRORS = Counter(
+    "s3outbox_multipart_walk_errors_total",
+    "Listings of multipart uploads that failed (e.g. access_denied: no"
+    " s3:ListBucketMultipartUploads), by reason.",
+    ["reason"],
+)
 
 
 class OutboxCollector(Collector):

@@ -31,3 +31,10 @@ FROM unnest(%(document_ids)s::uuid[], %(keys)s::text[]) AS t(document_id, object
 ON CONFLICT (object_key) WHERE object_key IS NOT NULL AND status IN ('pending', 'dispatched')
 DO NOTHING
 RETURNING e.id, e.object_key;
+
+-- name: orphan_uploads_documents_by_keys
+-- One page of listed multipart uploads -> the documents of their keys: an upload is still
+-- wanted only while a pending or uploaded document holds its id.
+SELECT d.object_key, d.id, d.status, d.upload_id
+FROM s3outbox.documents d
+WHERE d.object_key = ANY(%(keys)s::text[]);

@@ -83,3 +83,10 @@ def read_one(pool: ConnectionPool[Any], query: str, params: Mapping[str, Any]) -
     with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
         row: Row | None = cur.execute(query, params).fetchone()
         return row
+
+
+def read_all(pool: ConnectionPool[Any], query: str, params: Mapping[str, Any]) -> list[Row]:
+    """Every row of a read-only query (autocommit, no transaction)."""
+    with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        rows: list[Row] = cur.execute(query, params).fetchall()
+        return rows

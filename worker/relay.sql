@@ -21,7 +21,9 @@ SET status = 'dispatched',
 FROM (
     SELECT ev.id, d.object_key, d.declared_size, d.sha256, d.content_type
     FROM s3outbox.events ev
-    LEFT JOIN s3outbox.documents d ON d.id = ev.document_id AND ev.topic = 'verify'
+    -- No hint for a multipart document: its verify lists, completes and HEADs (no fast path).
+    LEFT JOIN s3outbox.documents d
+        ON d.id = ev.document_id AND ev.topic = 'verify' AND d.part_size IS NULL
     WHERE ev.status = 'pending' AND ev.available_at <= coalesce(%(now)s::timestamptz, now())
     ORDER BY ev.available_at, ev.id
     LIMIT least(%(limit)s, (SELECT n FROM room))

@@ -1,4 +1,5 @@
-"""The workers' side of storage: HeadObject, a streamed SHA-256, DeleteObject.
+"""The workers' side of storage: HeadObject, a streamed SHA-256, DeleteObject, and the
+multipart calls (create, list parts, complete, abort, list uploads in progress).
 
 Workers use the *internal* endpoint; only the web app's presigned URLs use the public one.
 """
@@ -8,6 +9,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError, HTTPClientError
@@ -36,6 +39,55 @@ class ObjectInfo:
     #: Stored metadata that changes what a download serves and that s3-outbox never sets
     #: (an uploader can add unsigned headers to a presigned PUT): (header, value) pairs.
     foreign_metadata: tuple[tuple[str, str], ...] = ()
+    #: The composite SHA-256 of an object completed from parts ("<base64>-<parts>": the
+    #: hash of the parts' digests), when storage keeps one.
+    composite_sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class PartInfo:
+    """One part of a multipart upload, as ListParts shows it."""
+
+    number: int
+    size: int
+    etag: str
+    #: Its SHA-256 (base64), when storage lists it (AWS S3 does; SeaweedFS 4.48 does not,
+    #: but it checks the digests sent with CompleteMultipartUpload).
+    sha256_b64: str | None
+
+
+class Completion(StrEnum):
+    """How CompleteMultipartUpload answered."""
+
+    COMPLETED = "completed"
+    GONE = "gone"  # NoSuchUpload: completed earlier, or aborted
+    EXISTS = "exists"  # If-None-Match refused it: an object is already at the key
+    REFUSED = "refused"  # a part is missing, too small, or its digest differs
+
+
+@dataclass(frozen=True)
+class CompleteResult:
+    outcome: Completion
+    detail: str | None = None  # why storage refused (its error code and message)
+
+
+@dataclass(frozen=True)
+class UploadInProgress:
+    """A multipart upload that was neither completed nor aborted (ListMultipartUploads)."""
+
+    key: str
+    upload_id: str
+    initiated: datetime
+
+
+#: ListMultipartUploads markers, as the store returns them: AWS S3 pages by key and upload
+#: id; SeaweedFS 4.48 sorts by upload id and returns only NextUploadIdMarker. Passing back
+#: whichever markers came is right for both.
+UploadMarkers = dict[str, str]
+
+#: Errors of CompleteMultipartUpload that are about the parts sent (the event's business:
+#: snoozed until the verify deadline, then rejected), not storage being unavailable.
+_PART_PROBLEMS = {"InvalidPart", "InvalidPartOrder", "EntityTooSmall", "BadDigest"}
 
 
 #: HeadObject fields that a stored object carries into every GET response.
@@ -109,6 +161,8 @@ class Storage:
         self.settings = settings
         self.bucket = settings.s3_bucket
         self.client: S3Client = client or make_client(settings, settings.s3_endpoint_url)
+        # Send If-None-Match: * with CompleteMultipartUpload until the store says it cannot.
+        self._if_none_match = True
 
     def head(self, key: str) -> ObjectInfo | None:
         """The object's size, content type and stored SHA-256, or None when it is missing."""
@@ -122,14 +176,17 @@ class Storage:
                 return None
             raise
         checksum: str | None = resp.get("ChecksumSHA256")
-        # A multipart object's checksum is a checksum of part checksums ("...-N"): not ours.
+        composite = None
+        # A multipart object's checksum is a checksum of part checksums ("...-N"): not the
+        # SHA-256 of its body.
         if checksum is not None and "-" in checksum:
-            checksum = None
+            checksum, composite = None, checksum
         return ObjectInfo(
             size=int(resp["ContentLength"]),
             content_type=resp.get("ContentType"),
             sha256_b64=checksum,
             foreign_metadata=foreign_metadata(resp),
+            composite_sha256=composite,
         )
 
     def sha256_hex(self, key: str, max_bytes: int) -> str | None:
@@ -186,6 +243,127 @@ class Storage:
     def delete(self, key: str) -> None:
         """DeleteObject. Deleting a missing key succeeds, so purge is idempotent."""
         self.client.delete_object(Bucket=self.bucket, Key=key)
+
+    # -- multipart uploads ---------------------------------------------------------------
+
+    def create_multipart(self, key: str, content_type: str) -> str:
+        """CreateMultipartUpload with SHA-256 part checksums and the declared content type
+        (the completed object's); returns the upload id."""
+        resp = self.client.create_multipart_upload(
+            Bucket=self.bucket, Key=key, ContentType=content_type, ChecksumAlgorithm="SHA256"
+        )
+        return str(resp["UploadId"])
+
+    def list_parts(self, key: str, upload_id: str) -> list[PartInfo] | None:
+        """Every part of an upload (all ListParts pages), by number; None when the upload
+        does not exist (completed, or aborted)."""
+        parts: list[PartInfo] = []
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "UploadId": upload_id}
+        while True:
+            try:
+                resp = self.client.list_parts(**params)
+            except ClientError as exc:
+                if _code(exc) in _NO_UPLOAD_CODES:
+                    return None
+                raise
+            parts.extend(
+                PartInfo(
+                    number=int(p["PartNumber"]),
+                    size=int(p["Size"]),
+                    etag=str(p["ETag"]),
+                    sha256_b64=p.get("ChecksumSHA256"),
+                )
+                for p in resp.get("Parts", [])
+            )
+            marker = resp.get("NextPartNumberMarker")
+            if (
+                not resp.get("IsTruncated")
+                or not marker
+                or str(marker) == str(params.get("PartNumberMarker"))
+            ):
+                return sorted(parts, key=lambda p: p.number)
+            params["PartNumberMarker"] = marker
+
+    def complete_multipart(
+        self, key: str, upload_id: str, parts: list[tuple[int, str, str]]
+    ) -> CompleteResult:
+        """CompleteMultipartUpload with ``(number, etag, sha256_b64)`` per part and, where
+        the store supports it, ``If-None-Match: *`` (nothing overwrites the key; a store that
+        answers NotImplemented is asked again without it, and not again after that)."""
+        params: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": key,
+            "UploadId": upload_id,
+            "MultipartUpload": {
+                "Parts": [
+                    {"PartNumber": n, "ETag": etag, "ChecksumSHA256": digest}
+                    for n, etag, digest in parts
+                ]
+            },
+        }
+        while True:
+            try:
+                if self._if_none_match:
+                    self.client.complete_multipart_upload(**params, IfNoneMatch="*")
+                else:
+                    self.client.complete_multipart_upload(**params)
+                return CompleteResult(Completion.COMPLETED)
+            except ClientError as exc:
+                code = _code(exc)
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                if self._if_none_match and (code == "NotImplemented" or status == 501):
+                    self._if_none_match = False
+                    continue
+                if code in _NO_UPLOAD_CODES:
+                    return CompleteResult(Completion.GONE)
+                if code in ("PreconditionFailed", "412") or status == 412:
+                    return CompleteResult(Completion.EXISTS)
+                if code in _PART_PROBLEMS:
+                    message = exc.response.get("Error", {}).get("Message", "")
+                    return CompleteResult(Completion.REFUSED, f"{code}: {message}")
+                raise
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        """AbortMultipartUpload. An upload already gone (aborted or completed) is fine, so
+        aborting is idempotent; a completed object is left alone."""
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except ClientError as exc:
+            if _code(exc) not in _NO_UPLOAD_CODES:
+                raise
+
+    def list_uploads_page(
+        self, prefix: str, markers: UploadMarkers, max_uploads: int
+    ) -> tuple[list[UploadInProgress], UploadMarkers | None]:
+        """One ListMultipartUploads page under ``prefix`` from ``markers`` ({} for the
+        first): the uploads in progress, and the markers of the next page (None at the end,
+        or when the store gave no marker that moves on). Needs ``s3:ListBucketMultipartUploads``."""
+        params: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Prefix": prefix,
+            "MaxUploads": max_uploads,
+            **markers,
+        }
+        resp = self.client.list_multipart_uploads(**params)
+        uploads = [
+            UploadInProgress(str(u["Key"]), str(u["UploadId"]), u["Initiated"])
+            for u in resp.get("Uploads", [])
+        ]
+        following: UploadMarkers = {}
+        if resp.get("NextKeyMarker"):
+            following["KeyMarker"] = str(resp["NextKeyMarker"])
+        if resp.get("NextUploadIdMarker"):
+            following["UploadIdMarker"] = str(resp["NextUploadIdMarker"])
+        if not resp.get("IsTruncated") or not following or following == markers:
+            return uploads, None
+        return uploads, following
+
+
+_NO_UPLOAD_CODES = {"NoSuchUpload", "404", "NotFound"}
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 def _is_missing(exc: ClientError) -> bool:

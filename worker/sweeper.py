@@ -1,6 +1,7 @@
 """The sweeper: runs every maintenance job (``worker.maintenance``) once per
 ``sweeper_interval_seconds``, each on the service loop (``worker.service``): expire abandoned
-uploads, rescue lost messages, prune done events, and walk the bucket for orphans."""
+uploads, rescue lost messages, prune done events, and walk the bucket for orphan objects and
+orphan multipart uploads."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ import psycopg
 
 from outbox.settings import Settings
 from worker import metrics
-from worker.maintenance import BucketWalk, ExpireAbandoned, Job, PruneDone, RescueStale
+from worker.maintenance import (
+    BucketWalk,
+    ExpireAbandoned,
+    Job,
+    MultipartWalk,
+    PruneDone,
+    RescueStale,
+)
 from worker.pool import connect
 from worker.service import Stop
 
@@ -30,8 +38,10 @@ class Sweeper:
             ExpireAbandoned(settings),
             RescueStale(settings),
             PruneDone(settings),
-            # Last: the backstop of invariant 7, a bounded number of listed pages per round.
+            # Last: the backstops of invariant 7, a bounded number of listed pages per round
+            # (objects, then multipart uploads in progress).
             BucketWalk(settings),
+            MultipartWalk(settings),
         ]
         self._conn: psycopg.Connection[Any] | None = None
 

@@ -29,8 +29,13 @@ from outbox.webapp.schemas import (
     DocumentPageOut,
     DownloadOut,
     ErrorBody,
+    PartOut,
+    PartReport,
+    PartUrlOut,
+    PartUrlRequest,
     QuotaOut,
     UploadRequest,
+    UploadStatusOut,
     UploadUrlOut,
 )
 
@@ -127,7 +132,11 @@ class OutboxRoute(APIRoute):
         try:
             return await handler(request)
         except OutboxError as exc:
-            return error_response(exc.http_status, exc.to_dict(), trace)
+            response = error_response(exc.http_status, exc.to_dict(), trace)
+            retry_after = exc.details.get("retry_after")
+            if isinstance(retry_after, int):  # UploadNotReady, UploadWindowClosed
+                response.headers["Retry-After"] = str(retry_after)
+            return response
         except RequestValidationError as exc:
             body = {
                 "error": "request_validation_failed",
@@ -185,10 +194,13 @@ def create_router(
     Trace = Annotated[str, Depends(request_trace_id)]
 
     @router.post(
-        "/documents/upload-url", response_model=UploadUrlOut, responses=_errors(400, 413, 415)
+        "/documents/upload-url",
+        response_model=UploadUrlOut,
+        responses=_errors(400, 409, 413, 415),
     )
     def request_upload(body: UploadRequest, owner: Owner, trace: Trace) -> UploadUrlOut:
-        """Reserve quota and get a presigned PUT for the declared file."""
+        """Reserve quota and get a presigned PUT for the declared file; above the multipart
+        threshold, a parts plan instead (then one URL per part)."""
         with be.transaction() as conn:
             ticket = outbox.request_upload(
                 conn,
@@ -200,6 +212,57 @@ def create_router(
                 trace_id=trace,
             )
         return UploadUrlOut.of(ticket)
+
+    @router.post(
+        "/documents/{document_id}/parts/{part_number}/upload-url",
+        response_model=PartUrlOut,
+        responses=_errors(400, 404, 409),
+    )
+    def part_url(
+        document_id: str, part_number: int, body: PartUrlRequest, owner: Owner
+    ) -> PartUrlOut:
+        """A presigned PUT for one part of a multipart upload, signed for that part's size and
+        SHA-256. 409 ``upload_not_ready`` (with Retry-After) until a worker has created the
+        upload, moments after the upload-url request."""
+        with be.transaction() as conn:
+            ticket = outbox.part_url(
+                conn,
+                owner_id=owner,
+                document_id=document_id,
+                part_number=part_number,
+                sha256=body.sha256,
+                expires_in=body.expires_in,
+            )
+        return PartUrlOut.of(ticket)
+
+    @router.put(
+        "/documents/{document_id}/parts/{part_number}",
+        response_model=PartOut,
+        responses=_errors(400, 404, 409),
+    )
+    def report_part(document_id: str, part_number: int, body: PartReport, owner: Owner) -> PartOut:
+        """Report a part whose PUT succeeded (its ETag), so a reload can resume."""
+        with be.transaction() as conn:
+            part = outbox.report_part(
+                conn,
+                owner_id=owner,
+                document_id=document_id,
+                part_number=part_number,
+                etag=body.etag,
+            )
+        return PartOut.of(part)
+
+    @router.get(
+        "/documents/{document_id}/upload",
+        response_model=UploadStatusOut,
+        responses=_errors(400, 404),
+    )
+    def upload_status(document_id: str, owner: Owner) -> UploadStatusOut:
+        """Where an upload stands: its plan, whether part URLs can be asked for yet, and the
+        parts reported (to resume after a reload)."""
+        with be.transaction() as conn:
+            status = outbox.upload_status(conn, owner_id=owner, document_id=document_id)
+        return UploadStatusOut.of(status)
 
     @router.post(
         "/documents/{document_id}/confirm",

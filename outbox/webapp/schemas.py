@@ -8,7 +8,17 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field
 
 from outbox.constants import DocumentStatus
-from outbox.models import Document, DocumentPage, DownloadTicket, Quota, UploadTicket
+from outbox.models import (
+    Document,
+    DocumentPage,
+    DownloadTicket,
+    MultipartPlan,
+    PartTicket,
+    Quota,
+    UploadedPart,
+    UploadStatus,
+    UploadTicket,
+)
 
 
 class UploadRequest(BaseModel):
@@ -19,7 +29,33 @@ class UploadRequest(BaseModel):
     filename: str = Field(description="Original file name; kept as data, never part of a key.")
     content_type: str = Field(description="MIME type, e.g. application/pdf; must be allowed.")
     size: int = Field(description="Exact size of the file in bytes.")
-    sha256: str = Field(description="Hex SHA-256 of the file, computed by the client.")
+    sha256: str | None = Field(
+        None,
+        description="Hex SHA-256 of the file, computed by the client. Required for a file up"
+        " to the multipart threshold; must be absent above it (each part's SHA-256 is sent"
+        " with that part's URL request instead).",
+    )
+
+
+class MultipartPlanOut(BaseModel):
+    """How a multipart upload is cut: parts 1..part_count of part_size bytes, the last one
+    last_part_size bytes (part n starts at byte (n - 1) * part_size)."""
+
+    size: int
+    part_size: int
+    part_count: int
+    last_part_size: int
+
+    @classmethod
+    def of(cls, plan: MultipartPlan | None) -> MultipartPlanOut | None:
+        if plan is None:
+            return None
+        return cls(
+            size=plan.size,
+            part_size=plan.part_size,
+            part_count=plan.part_count,
+            last_part_size=plan.last_part_size,
+        )
 
 
 class DocumentOut(BaseModel):
@@ -31,7 +67,10 @@ class DocumentOut(BaseModel):
     status: DocumentStatus
     size: int = Field(description="Declared size in bytes.")
     verified_size: int | None = None
-    sha256: str
+    sha256: str | None = Field(description="Declared SHA-256; null for a multipart upload.")
+    multipart: MultipartPlanOut | None = Field(
+        None, description="The parts plan of a multipart upload; null for a single PUT."
+    )
     reason: str | None = Field(None, description="Why a document was rejected or expired.")
     created_at: datetime
     updated_at: datetime
@@ -51,6 +90,7 @@ class DocumentOut(BaseModel):
             size=doc.declared_size,
             verified_size=doc.verified_size,
             sha256=doc.sha256,
+            multipart=MultipartPlanOut.of(doc.multipart),
             reason=doc.reason,
             created_at=doc.created_at,
             updated_at=doc.updated_at,
@@ -63,7 +103,8 @@ class DocumentOut(BaseModel):
 
 class UploadUrlOut(BaseModel):
     """PUT the file to ``url`` with exactly ``headers`` (a browser sets Content-Length itself),
-    then confirm. ``url`` is null when the same content is already stored (``deduplicated``)."""
+    then confirm. ``url`` is null when the same content is already stored (``deduplicated``),
+    and for a multipart upload (``multipart`` is then its plan: ask a URL for each part)."""
 
     document: DocumentOut
     url: str | None
@@ -71,6 +112,7 @@ class UploadUrlOut(BaseModel):
     headers: dict[str, str]
     expires_at: datetime | None
     deduplicated: bool
+    multipart: MultipartPlanOut | None = None
 
     @classmethod
     def of(cls, ticket: UploadTicket) -> UploadUrlOut:
@@ -81,6 +123,94 @@ class UploadUrlOut(BaseModel):
             headers=dict(ticket.headers),
             expires_at=ticket.expires_at,
             deduplicated=ticket.deduplicated,
+            multipart=MultipartPlanOut.of(ticket.multipart),
+        )
+
+
+class PartUrlRequest(BaseModel):
+    """The SHA-256 of exactly one part's bytes (the slice the plan gives it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sha256: str = Field(description="Hex SHA-256 of this part's bytes.")
+    expires_in: int | None = Field(
+        None, description="URL lifetime in seconds (default: the upload URL TTL)."
+    )
+
+
+class PartUrlOut(BaseModel):
+    """PUT exactly ``size`` bytes (this part) to ``url`` with ``headers`` (a browser sets
+    Content-Length itself), then report the response's ETag."""
+
+    document_id: UUID
+    part_number: int
+    size: int
+    url: str
+    method: str = "PUT"
+    headers: dict[str, str]
+    expires_at: datetime
+
+    @classmethod
+    def of(cls, ticket: PartTicket) -> PartUrlOut:
+        return cls(
+            document_id=ticket.document_id,
+            part_number=ticket.part_number,
+            size=ticket.size,
+            url=ticket.url,
+            method=ticket.method,
+            headers=dict(ticket.headers),
+            expires_at=ticket.expires_at,
+        )
+
+
+class PartReport(BaseModel):
+    """A part's PUT succeeded: the ETag storage answered (kept so a reload can resume)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    etag: str = Field(description="The ETag response header of the part's PUT, as sent.")
+
+
+class PartOut(BaseModel):
+    """A part: its size, the SHA-256 signed into its latest URL, and the ETag reported."""
+
+    part_number: int
+    size: int
+    sha256: str
+    etag: str | None
+    url_issued_at: datetime
+    reported_at: datetime | None
+
+    @classmethod
+    def of(cls, part: UploadedPart) -> PartOut:
+        return cls(
+            part_number=part.part_number,
+            size=part.size,
+            sha256=part.sha256,
+            etag=part.etag,
+            url_issued_at=part.url_issued_at,
+            reported_at=part.reported_at,
+        )
+
+
+class UploadStatusOut(BaseModel):
+    """Where an upload stands, to resume it: the plan (null for a single PUT), whether part
+    URLs can be asked for yet (``ready``), the parts reported and the numbers missing."""
+
+    document: DocumentOut
+    multipart: MultipartPlanOut | None
+    ready: bool
+    parts: list[PartOut]
+    missing: list[int]
+
+    @classmethod
+    def of(cls, status: UploadStatus) -> UploadStatusOut:
+        return cls(
+            document=DocumentOut.of(status.document),
+            multipart=MultipartPlanOut.of(status.multipart),
+            ready=status.ready,
+            parts=[PartOut.of(p) for p in status.parts],
+            missing=status.missing,
         )
 
 

@@ -5,9 +5,11 @@ caller's transaction usable."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import inspect
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -16,14 +18,23 @@ import pytest
 from outbox import (
     FileTooLarge,
     InvalidInput,
+    InvalidState,
     NotFound,
     Outbox,
+    PartsMissing,
     Settings,
+    UploadNotReady,
+    UploadWindowClosed,
     ValidationFailed,
     errors,
 )
 from outbox.errors import OutboxError, UnsupportedContentType
 from tests.support.api import body_of, sha, snapshot
+from tests.support.core import InlineWorker
+from worker.events import EventProcessor
+from worker.pool import make_pool
+from worker.relay import Relay
+from worker.storage import Storage
 
 BODY = body_of(100, seed=b"bad-input")
 GOOD = {
@@ -36,9 +47,17 @@ GOOD = {
 
 
 class World:
-    """A baseline: alice has one pending document and a quota row (all committed)."""
+    """A baseline: alice has one pending document and a quota row (all committed); with
+    ``multipart`` also three multipart documents (above the threshold of
+    ``MULTIPART_WORLD``): ``ready`` (its upload created by a worker, part 1's URL issued),
+    ``unready`` (its upload not created yet) and ``gone`` (deleted)."""
 
-    def __init__(self, outbox: Outbox, conn: psycopg.Connection[Any]) -> None:
+    def __init__(
+        self,
+        outbox: Outbox,
+        conn: psycopg.Connection[Any],
+        worker: InlineWorker | None = None,
+    ) -> None:
         self.outbox = outbox
         self.conn = conn
         other = body_of(50, seed=b"baseline")
@@ -46,6 +65,41 @@ class World:
             conn, **{**GOOD, "size": 50, "sha256": sha(other)}
         ).document
         conn.commit()
+        if worker is None:
+            return
+        big = {**GOOD, "size": MULTIPART_SIZE, "sha256": None}
+        self.ready = outbox.request_upload(conn, **big).document
+        conn.commit()
+        worker.drain()
+        self.part_url(part_number=1)
+        self.unready = outbox.request_upload(conn, **big).document
+        self.gone = outbox.request_upload(conn, **big).document
+        outbox.delete(conn, owner_id="alice", document_id=self.gone.id)
+        conn.commit()
+
+    def part_url(self, **overrides: Any) -> Any:
+        kwargs = {
+            "owner_id": "alice",
+            "document_id": self.ready.id,
+            "part_number": 1,
+            "sha256": "ab" * 32,
+            **overrides,
+        }
+        return self.outbox.part_url(self.conn, **kwargs)
+
+    def report_part(self, **overrides: Any) -> Any:
+        kwargs = {
+            "owner_id": "alice",
+            "document_id": self.ready.id,
+            "part_number": 1,
+            "etag": '"0123456789abcdef0123456789abcdef"',
+            **overrides,
+        }
+        return self.outbox.report_part(self.conn, **kwargs)
+
+    def upload_status(self, **overrides: Any) -> Any:
+        kwargs = {"owner_id": "alice", "document_id": self.ready.id, **overrides}
+        return self.outbox.upload_status(self.conn, **kwargs)
 
     def upload(self, **overrides: Any) -> Any:
         return self.outbox.request_upload(self.conn, **{**GOOD, **overrides})
@@ -271,6 +325,134 @@ for label, value in [
         lambda w, v=value: w.doc_call("confirm", trace_id=v),
     )
 
+# -- multipart: request_upload, part_url, report_part, upload_status, confirm ----------------
+MULTIPART_SIZE = 6 * 1024 * 1024  # two parts of the catalog's multipart settings
+case(
+    "upload sha256 given above the threshold",
+    InvalidInput,
+    400,
+    lambda w: w.upload(size=MULTIPART_SIZE),
+)
+case(
+    "confirm multipart with parts missing",
+    PartsMissing,
+    409,
+    lambda w: w.outbox.confirm(w.conn, owner_id="alice", document_id=w.ready.id),
+)
+MULTIPART_CALLS: dict[str, Callable[..., Any]] = {
+    "part_url": lambda w, **kw: w.part_url(**kw),
+    "report_part": lambda w, **kw: w.report_part(**kw),
+    "upload_status": lambda w, **kw: w.upload_status(**kw),
+}
+for call_name, call in MULTIPART_CALLS.items():
+    for label, value in [
+        ("empty", ""),
+        ("None", None),
+        ("201", "o" * 201),
+        ("nul", "a\x00b"),
+        ("int", 42),
+    ]:
+        case(
+            f"{call_name} owner_id={label}",
+            InvalidInput,
+            400,
+            lambda w, v=value, c=call: c(w, owner_id=v),
+        )
+    for label, value in [
+        ("not-a-uuid", "not-a-uuid"),
+        ("int", 123),
+        ("None", None),
+        ("sql", "' OR '1'='1"),
+    ]:
+        case(
+            f"{call_name} document_id={label}",
+            InvalidInput,
+            400,
+            lambda w, v=value, c=call: c(w, document_id=v),
+        )
+    case(
+        f"{call_name} document_id=unknown",
+        NotFound,
+        404,
+        lambda w, c=call: c(w, document_id=uuid.uuid4()),
+    )
+    case(f"{call_name} another owner's", NotFound, 404, lambda w, c=call: c(w, owner_id="bob"))
+for call_name in ("part_url", "report_part"):
+    call = MULTIPART_CALLS[call_name]
+    for label, value in [
+        ("0", 0),
+        ("-1", -1),
+        ("10001", 10_001),
+        ("beyond-the-plan", 3),
+        ("True", True),
+        ("float", 1.0),
+        ("str", "1"),
+        ("None", None),
+    ]:
+        case(
+            f"{call_name} part_number={label}",
+            InvalidInput,
+            400,
+            lambda w, v=value, c=call: c(w, part_number=v),
+        )
+    case(
+        f"{call_name} on a single-PUT document",
+        InvalidState,
+        409,
+        lambda w, c=call: c(w, document_id=w.doc.id),
+    )
+    case(
+        f"{call_name} before the upload exists",
+        UploadNotReady,
+        409,
+        lambda w, c=call: c(w, document_id=w.unready.id),
+    )
+    case(
+        f"{call_name} on a deleted document",
+        InvalidState,
+        409,
+        lambda w, c=call: c(w, document_id=w.gone.id),
+    )
+for label, value in [
+    ("short", "ab" * 31),
+    ("non-hex", "g" * 64),
+    ("base64", base64.b64encode(bytes(32)).decode()),
+    ("empty", ""),
+    ("None", None),
+    ("bytes", bytes(32)),
+]:
+    case(f"part_url sha256={label}", InvalidInput, 400, lambda w, v=value: w.part_url(sha256=v))
+for label, value in [("0", 0), ("max+1", 3601), ("str", "60"), ("True", True)]:
+    case(
+        f"part_url expires_in={label}",
+        InvalidInput,
+        400,
+        lambda w, v=value: w.part_url(expires_in=v),
+    )
+case(
+    "part_url past the upload window",
+    UploadWindowClosed,
+    409,
+    lambda w: w.part_url(now=datetime.now(UTC) + timedelta(days=8)),
+)
+for label, value in [
+    ("empty", ""),
+    ("space", '"a b"'),
+    ("nul", "a\x00b"),
+    ("newline", "abc\n"),
+    ("non-ascii", '"\u00e9"'),
+    ("257", "e" * 257),
+    ("int", 123),
+    ("None", None),
+]:
+    case(f"report_part etag={label}", InvalidInput, 400, lambda w, v=value: w.report_part(etag=v))
+case(
+    "report_part of a part without a URL",
+    InvalidState,
+    409,
+    lambda w: w.report_part(part_number=2),
+)
+
 # -- set_limit / download expiry -----------------------------------------------------------
 for label, value in [
     ("-1", -1),
@@ -292,17 +474,43 @@ for label, value in [("0", 0), ("max+1", 301), ("str", "60")]:
     )
 
 
+#: Documents above 5 MiB are uploaded in parts of 5 MiB (the catalog's largest upload is 10).
+MULTIPART_WORLD = {
+    "multipart_threshold_bytes": 5 * 1024 * 1024,
+    "multipart_part_size_bytes": 5 * 1024 * 1024,
+}
+
+
+@contextlib.contextmanager
+def inline_worker_for(settings: Settings) -> Iterator[InlineWorker]:
+    relay = Relay(settings)
+    pool = make_pool(settings, max_size=2)
+    try:
+        yield InlineWorker(settings, relay, EventProcessor(settings, pool, Storage(settings)))
+    finally:
+        pool.close()
+        relay.close()
+
+
 @pytest.fixture(scope="module")
 def catalog_world(base_settings: Settings) -> Iterator[tuple[World, Settings]]:
     """One baseline for the whole catalog (cases must change nothing, so they can share it;
     a case that leaked a write would also show up in every later case's snapshot)."""
+    token = uuid.uuid4().hex[:10]
     settings = Settings(
-        **{**base_settings.model_dump(), "key_prefix": f"test-{uuid.uuid4().hex[:10]}/"}
+        **{
+            **base_settings.model_dump(),
+            "key_prefix": f"test-{token}/",
+            "queue_name": f"q{token}",
+            **MULTIPART_WORLD,
+        }
     )
     with psycopg.connect(settings.database_url, autocommit=True) as c:
-        c.execute("TRUNCATE s3outbox.events, s3outbox.documents, s3outbox.quotas")
-    with psycopg.connect(settings.database_url) as conn:
-        yield World(Outbox(settings), conn), settings
+        c.execute(
+            "TRUNCATE s3outbox.events, s3outbox.documents, s3outbox.quotas, s3outbox.document_parts"
+        )
+    with psycopg.connect(settings.database_url) as conn, inline_worker_for(settings) as worker:
+        yield World(Outbox(settings), conn, worker), settings
 
 
 @pytest.mark.parametrize(("name", "call", "expected", "status"), CASES, ids=[c[0] for c in CASES])
@@ -343,6 +551,22 @@ def test_the_catalog_is_not_vacuous(outbox, conn, settings):
     assert world.quota().reserved_bytes == 150
     assert world.set_limit().limit_bytes == 10**6
     conn.commit()
+
+
+def test_the_multipart_catalog_is_not_vacuous(make_settings, clean_db):
+    """The multipart baseline works with the good values, and its deleted document is
+    deleting, so each multipart case fails for its own input."""
+    settings = make_settings(**MULTIPART_WORLD)
+    with psycopg.connect(settings.database_url) as conn, inline_worker_for(settings) as worker:
+        world = World(Outbox(settings), conn, worker)
+        assert world.ready.multipart is not None and world.ready.multipart.part_count == 2
+        assert world.part_url(part_number=2).size == MULTIPART_SIZE - 5 * 1024 * 1024
+        assert world.report_part().etag == '"0123456789abcdef0123456789abcdef"'
+        status = world.upload_status()
+        assert status.ready and [p.part_number for p in status.parts] == [1]
+        assert world.upload_status(document_id=world.unready.id).ready is False
+        assert world.upload_status(document_id=world.gone.id).document.status == "deleting"
+        conn.commit()
 
 
 def test_boundary_values_are_accepted(outbox, conn, settings):

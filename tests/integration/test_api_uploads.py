@@ -82,9 +82,10 @@ def test_request_returns_signed_url_headers_and_reserves(outbox, conn, settings)
     assert doc.status == DocumentStatus.PENDING
     assert (doc.declared_size, doc.sha256, doc.filename) == (1234, sha(body), "notes.txt")
     assert ticket.expires_at == doc.upload_expires_at
-    # The configured TTL from the moment of the request (however long the call took).
+    # The configured TTL from the signing instant, which the URL carries to the second
+    # (X-Amz-Date), so within the call's whole seconds, however long the call took.
     ttl = timedelta(seconds=settings.upload_url_ttl_seconds)
-    assert before + ttl <= ticket.expires_at <= issued + ttl
+    assert before.replace(microsecond=0) + ttl <= ticket.expires_at <= issued + ttl
     assert quota_row(settings, "alice") == (settings.default_quota_bytes, 0, 1234)
     # The request itself writes no event: only confirm does.
     assert counts(settings)["s3outbox.events"] == 0

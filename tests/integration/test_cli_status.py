@@ -128,7 +128,7 @@ def test_status_table_is_aligned_and_readable(settings: Settings, seeded: dict[s
     block = text.split("EVENTS (", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
     header, *rows = block
     assert header.split()[:5] == ["topic", "pending", "dispatched", "done", "dead"]
-    assert [r.split()[0] for r in rows] == ["verify", "purge", "expire", "total"]
+    assert [r.split()[0] for r in rows] == [*(t.value for t in Topic), "total"]
     verify = rows[0].split()
     assert verify[1:5] == ["1", "0", "0", "1"]
     # Numbers are right-aligned under their header: every "dead" cell ends where it ends.

@@ -47,6 +47,8 @@ VERSIONS = [m.version for m in MIGRATIONS]
 MIGRATE_SQL = queries.load("outbox", "migrate.sql")
 # How long a call that should not wait may take before the test calls it stuck.
 PROMPT = 15.0
+# The topics of the first release: every version's CHECK allows them (seed writes them all).
+FIRST_TOPICS = (Topic.VERIFY, Topic.PURGE, Topic.EXPIRE)
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -191,7 +193,7 @@ def seed(conn: Conn) -> None:
         " VALUES ('alice', 10000, %s, %s), ('bob', 500, 0, 0)",
         (SIZE * len(charged), SIZE * len(reserved)),
     )
-    kinds = [(topic, status) for topic in Topic for status in EventStatus]
+    kinds = [(topic, status) for topic in FIRST_TOPICS for status in EventStatus]
     for n, (topic, status) in enumerate(kinds):
         conn.execute(
             "INSERT INTO s3outbox.events (topic, document_id, status, attempts, failures,"
@@ -225,7 +227,7 @@ def check_upgraded(url: str, before: dict[str, list[tuple[Any, ...]]], settings:
     with connect(url) as c:
         assert data(c) == before
         assert len(before["documents"]) == len(DocumentStatus)
-        assert len(before["events"]) == len(Topic) * len(EventStatus)
+        assert len(before["events"]) == len(FIRST_TOPICS) * len(EventStatus)
         assert c.execute("SELECT DISTINCT rescues, object_key FROM s3outbox.events").fetchall() == [
             (0, None)
         ]

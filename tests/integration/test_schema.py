@@ -52,6 +52,7 @@ def test_schema_sql_on_a_new_database_is_up_to_date_and_works(base_settings):
                 }
                 assert tables == {
                     "documents",
+                    "document_parts",
                     "quotas",
                     "events",
                     "maintenance_cursors",

@@ -286,8 +286,8 @@ def test_concurrent_refreshes_keep_the_latest_expiry(
             ticket = outbox.request_upload(
                 c,
                 owner_id="alice",
-                filename="same.bin",
-                content_type="application/octet-stream",
+                filename="same.pdf",
+                content_type="application/pdf",  # the pending upload's type (one URL, one type)
                 size=len(body),
                 sha256=sha256_hex(body),
                 expires_in=ttl,

@@ -236,7 +236,7 @@ def test_unsupported_content_type_is_415(client: TestClient) -> None:
     "payload",
     [
         {},
-        {"filename": "a.txt", "content_type": "text/plain", "size": 3},  # no sha256
+        # (No sha256 is the library's 400: required up to the multipart threshold only.)
         {"filename": "a.txt", "content_type": "text/plain", "size": "three", "sha256": "a" * 64},
         {"filename": ["a"], "content_type": "text/plain", "size": 3, "sha256": "a" * 64},
         {"filename": "a.txt", "content_type": "text/plain", "size": 3, "sha256": "a" * 64, "x": 1},
@@ -311,15 +311,18 @@ def test_openapi_lists_every_endpoint(client: TestClient) -> None:
         "/documents/{document_id}": {"get", "delete"},
         "/documents": {"get"},
         "/documents/{document_id}/download": {"get"},
+        "/documents/{document_id}/parts/{part_number}/upload-url": {"post"},
+        "/documents/{document_id}/parts/{part_number}": {"put"},
+        "/documents/{document_id}/upload": {"get"},
         "/quota": {"get"},
     }
     upload = schema["paths"]["/documents/upload-url"]["post"]
     assert {"413", "415", "401", "422"} <= set(upload["responses"])
+    # sha256 is optional: required up to the multipart threshold, refused above it.
     assert set(schema["components"]["schemas"]["UploadRequest"]["required"]) == {
         "filename",
         "content_type",
         "size",
-        "sha256",
     }
     download = schema["paths"]["/documents/{document_id}/download"]["get"]
     assert {"302", "200", "404", "409"} <= set(download["responses"])

@@ -11,7 +11,7 @@ import psycopg
 from outbox import Outbox, Settings
 from outbox.models import UploadTicket
 
-TABLES = ("s3outbox.documents", "s3outbox.quotas", "s3outbox.events")
+TABLES = ("s3outbox.documents", "s3outbox.quotas", "s3outbox.events", "s3outbox.document_parts")
 
 
 def body_of(size: int, seed: bytes = b"") -> bytes:

@@ -69,9 +69,16 @@ def refuse(
         },
     )
     release(cur, doc, charged=0, reserved=doc["reserved_bytes"], now=now)
+    forget_parts(cur, doc)
     queue_purge(cur, doc, None, now)
     metrics.DOCUMENT_OUTCOMES.labels(status.value).inc()
     log.info("document %s: %s", status.value, reason)
+
+
+def forget_parts(cur: Cursor, doc: Row) -> None:
+    """A multipart document left a live state: its parts' rows are no longer needed."""
+    if doc["part_size"] is not None:
+        cur.execute(sql()["delete_parts"], {"id": doc["id"]})
 
 
 def release(cur: Cursor, doc: Row, *, charged: int, reserved: int, now: datetime | None) -> None:
@@ -104,7 +111,8 @@ def finish_purge(
     or expired document, the purge time noted), and a second purge for when no PUT can land
     any more: a URL that is still valid, or a PUT that started before the URL expired (storage
     checks expiry when a request starts) and is still sending, can recreate the object after
-    this purge (invariant 7). Every way out of a live state (delete, reject, expire) ends here.
+    this purge (invariant 7); so can a verify that was completing a deleted multipart
+    document's upload. Every way out of a live state (delete, reject, expire) ends here.
     """
     q = sql()
     if doc["status"] == DocumentStatus.DELETING:
@@ -114,8 +122,20 @@ def finish_purge(
     else:
         cur.execute(q["mark_purged"], {"id": doc["id"], "now": now})
     recheck_at = last_put_landing(settings, doc["upload_expires_at"])
+    if doc["upload_id"] is not None and doc["delete_requested_at"] is not None:
+        recheck_at = max(recheck_at, last_complete_landing(settings, doc["delete_requested_at"]))
     if recheck_at > clock:
         queue_purge(cur, doc, recheck_at, now)
+
+
+def last_complete_landing(settings: Settings, delete_requested_at: datetime) -> datetime:
+    """The latest a verify that saw a multipart document ``uploaded`` before its delete may
+    still complete the upload (making its object after the purge): an attempt runs at most
+    ``redispatch_after_seconds`` (kept above the actor time limit), plus the clock-skew
+    margin."""
+    return delete_requested_at + timedelta(
+        seconds=settings.redispatch_after_seconds + settings.purge_grace_seconds
+    )
 
 
 def last_put_landing(settings: Settings, upload_expires_at: datetime) -> datetime:

@@ -1,6 +1,8 @@
 """``expire``: a pending upload whose URL expired unconfirmed. Verified once: a matching
 object means only the confirm was lost -> ``available``; anything else -> ``expired``, with
-its reservation released and its blob (if any) purged."""
+its reservation released and its blob (if any) purged. A pending multipart document has no
+object yet (only a worker completes it, after a confirm): ``expired``, and its purge aborts
+the upload."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ def handle(
     ctx: Context, event: Row, doc: Row | None, attempt: int, now: datetime | None
 ) -> Outcome:
     observation = None
-    if doc is not None and doc["status"] == DocumentStatus.PENDING:
+    if doc is not None and doc["status"] == DocumentStatus.PENDING and doc["part_size"] is None:
         observation = observe(ctx.storage, ctx.settings, doc)
     with transaction(ctx.pool) as cur:
         locked = lifecycle.lock(cur, event, now)
@@ -29,10 +31,17 @@ def handle(
         if (
             doc is None
             or doc["status"] != DocumentStatus.PENDING
-            or observation is None
             # A fresh URL was issued for this upload since the sweeper looked.
             or doc["upload_expires_at"] + grace > locked.clock
         ):
+            return lifecycle.complete(cur, event, now)
+        if doc["part_size"] is not None:
+            # Only a worker completes a multipart upload, after a confirm: a pending one has
+            # no object. Expired; the purge it queues aborts the upload.
+            reason = "upload window expired before every part was uploaded and confirmed"
+            documents.refuse(cur, doc, DocumentStatus.EXPIRED, reason, None, now)
+            return lifecycle.complete(cur, event, now)
+        if observation is None:  # not pending when read: it never is again
             return lifecycle.complete(cur, event, now)
         if observation.matches:
             documents.accept(cur, doc, observation, DocumentStatus.EXPIRED, now)

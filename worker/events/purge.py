@@ -1,5 +1,6 @@
-"""``purge``: delete the blob of a document that is no longer live, then ``deleting ->
-deleted`` with its charge released. Never touches a live document's object (invariant 3).
+"""``purge``: delete the blob of a document that is no longer live (and abort its multipart
+upload, if any), then ``deleting -> deleted`` with its charge released. Never touches a live
+document's object or upload (invariant 3).
 
 A purge may instead name an object key (queued by ``s3-outbox reconcile`` for an orphan
 object): the key is deleted only when no live document owns it.
@@ -27,6 +28,10 @@ def handle(
     deleted_blob = False
     # A document never returns to a live state, so this check cannot go stale.
     if doc is not None and doc["status"] not in LIVE_STATUSES:
+        if doc["upload_id"] is not None:
+            # First, so no Complete can make the object after the delete below; a part PUT
+            # still streaming may outlive an abort: the re-check aborts again.
+            ctx.storage.abort_multipart(doc["object_key"], doc["upload_id"])
         ctx.storage.delete(doc["object_key"])
         deleted_blob = True
     with transaction(ctx.pool) as cur:

@@ -165,3 +165,32 @@ RETURNING id;
 -- name: live_document_by_key
 SELECT d.id, d.status FROM s3outbox.documents d
 WHERE d.object_key = %(key)s AND d.status IN ('pending', 'uploaded', 'available');
+
+-- name: set_upload_id
+-- The multipart upload a worker created, recorded only if the document is still pending and
+-- has none (compare-and-set: deleted meanwhile, or another worker won, and the worker aborts
+-- the one it created). The client may now ask for part URLs: the document gets the usual URL
+-- TTL from now to start (never shortened, never past its upload window).
+UPDATE s3outbox.documents d
+SET upload_id = %(upload_id)s,
+    upload_expires_at = greatest(
+        d.upload_expires_at,
+        least(coalesce(%(now)s::timestamptz, now()) + make_interval(secs => %(ttl)s),
+              d.created_at + make_interval(secs => %(window)s))),
+    expire_requested_at = NULL,
+    updated_at = coalesce(%(now)s::timestamptz, now())
+WHERE d.id = %(id)s AND d.status = 'pending' AND d.upload_id IS NULL
+  AND d.part_size IS NOT NULL
+RETURNING d.id;
+
+-- name: recorded_parts
+-- A multipart document's parts as the library recorded them (size and signed SHA-256), and
+-- the ETag its client reported (which of several uploads of one part number it means).
+SELECT p.part_number, p.size, p.sha256, p.etag
+FROM s3outbox.document_parts p
+WHERE p.document_id = %(id)s
+ORDER BY p.part_number;
+
+-- name: delete_parts
+-- A document left a live state: its parts' rows are no longer needed.
+DELETE FROM s3outbox.document_parts WHERE document_id = %(id)s;

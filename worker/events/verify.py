@@ -18,7 +18,7 @@ from typing import Any
 from outbox.constants import DocumentStatus, Topic
 from outbox.logs import log_context
 from worker import metrics
-from worker.events import documents, lifecycle
+from worker.events import documents, lifecycle, verify_multipart
 from worker.events.context import Context
 from worker.events.lifecycle import Outcome
 from worker.events.observe import Observation, observe
@@ -31,7 +31,10 @@ def handle(
     ctx: Context, event: Row, doc: Row | None, attempt: int, now: datetime | None
 ) -> Outcome:
     """The general path. A missing object is snoozed with backoff until
-    ``verify_deadline_seconds`` after the confirm, then rejected."""
+    ``verify_deadline_seconds`` after the confirm, then rejected. A multipart document is
+    verified by ``verify_multipart``."""
+    if doc is not None and doc["part_size"] is not None:
+        return verify_multipart.handle(ctx, event, doc, attempt, now)
     observation = None
     if doc is not None and doc["status"] == DocumentStatus.UPLOADED:
         observation = observe(ctx.storage, ctx.settings, doc)

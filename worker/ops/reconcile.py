@@ -1,12 +1,16 @@
 """Reconcile the bucket with the document rows: find the drift, and repair it with ``apply``.
 
-Three walks, each in bounded pages (memory does not grow with the bucket or the table):
+Three walks (the bucket's two listings, then the rows), each in bounded pages (memory does
+not grow with the bucket or the table):
 
 1. the bucket under ``key_prefix`` (ListObjectsV2, pages of ``page_size`` keys, one query per
    page): **orphan objects**, i.e. objects no live document owns, older than the horizon. A
    newer one may belong to an upload whose transaction has not committed yet (invariant 7
    allows it until the horizon). What an orphan is, and how its purge is queued, is
-   ``worker.orphans``, which the sweeper's bucket walk shares;
+   ``worker.orphans``, which the sweeper's bucket walk shares; then the multipart uploads in
+   progress under the prefix (ListMultipartUploads): **orphan uploads**, held by no pending
+   or uploaded document, older than the horizon (``worker.orphan_uploads``, shared with the
+   sweeper's multipart walk);
 2. ``available`` documents (keyset pages, HeadObject each): **broken documents**, whose
    object is missing or differs in size, SHA-256 or content type (invariants 1 and 3);
 3. documents in a transitional state (keyset pages): **stuck documents**, waiting for an
@@ -20,6 +24,7 @@ logged, retried and idempotent like any other work:
 
 - an orphan gets a purge event that names its key (``events.object_key``); the purge actor
   deletes the key only if no live document owns it then (invariant 3);
+- an orphan upload is aborted at once (no document holds it, and an abort is idempotent);
 - a broken document becomes ``rejected`` with a reason, its charge is released from its
   owner's quota (``used -= charged_bytes``) and its purge is queued;
 - a stuck document gets its missing event again.
@@ -46,9 +51,17 @@ from outbox import queries
 from outbox.constants import DocumentStatus, Topic
 from outbox.settings import Settings
 from worker.ops.progress import bar
+from worker.orphan_uploads import abort as abort_uploads
+from worker.orphan_uploads import examine as examine_uploads
 from worker.orphans import Disposition, Orphan, examine, queue_purges
-from worker.storage import ObjectInfo, Storage
-from worker.verification import Declared, mismatch
+from worker.storage import ObjectInfo, Storage, UploadMarkers
+from worker.verification import (
+    Declared,
+    DeclaredParts,
+    composite_sha256,
+    mismatch,
+    multipart_mismatch,
+)
 
 log = logging.getLogger("s3outbox.reconcile")
 
@@ -70,6 +83,19 @@ class OrphanObject:
     size: int
     last_modified: datetime
     document_id: uuid.UUID | None  # the (non-live) row that names this key, if any
+    document_status: str | None
+    action: str
+
+
+@dataclass(frozen=True)
+class OrphanUploadFinding:
+    """A multipart upload in progress that no pending or uploaded document holds, older than
+    the horizon (``worker.orphan_uploads``)."""
+
+    key: str
+    upload_id: str
+    initiated: datetime
+    document_id: uuid.UUID | None  # the row of its key, if any
     document_status: str | None
     action: str
 
@@ -114,6 +140,11 @@ class ReconcileReport:
     young_unowned: int = 0  # unowned, but newer than the horizon: left alone
     orphan_count: int = 0
     orphans: list[OrphanObject] = field(default_factory=list)
+    uploads_listed: int = 0
+    young_unheld_uploads: int = 0  # held by no document, but newer than the horizon
+    orphan_upload_count: int = 0
+    orphan_uploads: list[OrphanUploadFinding] = field(default_factory=list)
+    uploads_aborted: int = 0
     available_checked: int = 0
     broken_count: int = 0
     broken: list[BrokenDocument] = field(default_factory=list)
@@ -184,6 +215,7 @@ def reconcile(
         )
         walk = _Walk(settings, storage, conn, q, report, apply, page_size, progress)
         walk.orphans()
+        walk.uploads()
         walk.broken()
         walk.stuck()
     log.info(
@@ -259,6 +291,49 @@ class _Walk:
                 ),
             )
 
+    # -- 1b. multipart uploads in progress --------------------------------------------------
+
+    def uploads(self) -> None:
+        report = self.report
+        cutoff = report.now - timedelta(seconds=report.horizon_seconds)
+        counter = bar(self.progress, "multipart uploads", "upload")
+        markers: UploadMarkers | None = {}
+        while markers is not None:
+            page, markers = self.storage.list_uploads_page(
+                self.settings.key_prefix, markers, self.page_size
+            )
+            report.uploads_listed += len(page)
+            counter.update(len(page))
+            found = examine_uploads(self.conn, page, cutoff)
+            report.young_unheld_uploads += found.young
+            report.orphan_upload_count += len(found.orphans)
+            report.to_repair += len(found.orphans)
+            aborted: set[tuple[str, str]] = set()
+            if self.apply:
+                for orphan in found.orphans:
+                    count, errors = abort_uploads(self.storage, [orphan])
+                    if count:
+                        aborted.add((orphan.key, orphan.upload_id))
+                    for error in errors:
+                        log.warning("reconcile: could not abort %s", error)
+                report.repaired += len(aborted)
+                report.uploads_aborted += len(aborted)
+                report.to_repair -= len(aborted)
+            for orphan in found.orphans:
+                done = (orphan.key, orphan.upload_id) in aborted
+                action = "aborted" if done else ("abort failed" if self.apply else "would abort")
+                report._keep(
+                    report.orphan_uploads,
+                    OrphanUploadFinding(
+                        key=orphan.key,
+                        upload_id=orphan.upload_id,
+                        initiated=orphan.initiated,
+                        document_id=orphan.document_id,
+                        document_status=orphan.document_status,
+                        action=action,
+                    ),
+                )
+
     # -- 2. available documents ------------------------------------------------------------
 
     def broken(self) -> None:
@@ -330,6 +405,7 @@ class _Walk:
                         "now": report.now,
                     },
                 )
+            cur.execute(self.q["delete_parts"], {"id": doc["id"]})
             cur.execute(
                 self.q["insert_event"],
                 {
@@ -349,12 +425,21 @@ class _Walk:
         log.warning("document %s rejected by reconcile: %s", doc["id"], problem)
 
     def _check(self, row: Row) -> _Check:
-        """HeadObject (and the full-read fallback, as verification does) against the row."""
+        """HeadObject (and the full-read fallback, as verification does) against the row; a
+        multipart document's composite checksum against its recorded part digests."""
         key = row["object_key"]
         size = int(row["declared_size"])
         info = self.storage.head(key)
         if info is None:
             return _Check("object missing from storage", None, False)
+        if row["part_count"] is not None:
+            digests = row["part_digests"] or []
+            if len(digests) != row["part_count"]:
+                return _Check("the part digests of this document are not recorded", info, True)
+            if info.composite_sha256 is None and info.sha256_b64 is None and info.size == size:
+                return _Check("storage kept no composite checksum of the parts", info, True)
+            parts = DeclaredParts(size, composite_sha256(digests), row["content_type"])
+            return _Check(multipart_mismatch(parts, info), info, False)
         computed = None
         if info.sha256_b64 is None and info.size == size:
             if not self.settings.verify_full_read_fallback:
@@ -508,6 +593,16 @@ def format_report(report: ReconcileReport) -> str:
     ]
     lines += _more(report.orphan_count, len(report.orphans))
     lines.append(
+        f"orphan multipart uploads: {report.orphan_upload_count} (of {report.uploads_listed}"
+        f" in progress; {report.young_unheld_uploads} unheld but newer than the horizon)"
+    )
+    lines += [
+        f"  {u.key} upload {u.upload_id}  initiated {u.initiated.isoformat(timespec='seconds')}"
+        f"  {_holder(u.document_id, u.document_status)}  -> {u.action}"
+        for u in report.orphan_uploads
+    ]
+    lines += _more(report.orphan_upload_count, len(report.orphan_uploads))
+    lines.append(
         f"broken available documents: {report.broken_count} (of {report.available_checked})"
     )
     lines += [
@@ -532,13 +627,18 @@ def format_report(report: ReconcileReport) -> str:
         lines.append(
             f"applied: {report.repaired} repairs; {report.events_queued} events queued, "
             f"{report.documents_rejected} documents rejected, {report.bytes_released} bytes "
-            "released. The workers carry out the queued purges, verifies and expiries."
+            f"released, {report.uploads_aborted} multipart uploads aborted. The workers carry"
+            " out the queued purges, verifies and expiries."
         )
     elif report.clean:
         lines.append("nothing to repair.")
     else:
         lines.append(f"{report.to_repair} repairs needed: run again with --apply to make them.")
     return "\n".join(lines)
+
+
+def _holder(document_id: uuid.UUID | None, status: str | None) -> str:
+    return "no row" if document_id is None else f"document {document_id} {status}"
 
 
 def _more(count: int, shown: int) -> list[str]:

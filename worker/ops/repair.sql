@@ -6,8 +6,13 @@
 SELECT coalesce(%(now)s::timestamptz, now()) AS now;
 
 -- name: reconcile_available_page
+-- With a multipart document's recorded part digests, in part order (its composite checksum
+-- is computed from them).
 SELECT d.id, d.owner_id, d.object_key, d.declared_size, d.sha256, d.content_type,
-       d.charged_bytes
+       d.charged_bytes, d.part_count,
+       (SELECT array_agg(p.sha256 ORDER BY p.part_number)
+        FROM s3outbox.document_parts p
+        WHERE p.document_id = d.id AND d.part_count IS NOT NULL) AS part_digests
 FROM s3outbox.documents d
 WHERE d.status = 'available' AND d.id > %(after)s::uuid
 ORDER BY d.id LIMIT %(limit)s;
