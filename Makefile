@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv test lint run dev-servers clean chaos bench
+.PHONY: venv test lint run dev-servers clean chaos soak bench
 
 venv: $(STAMP)
 
@@ -42,6 +42,12 @@ dev-servers: venv
 CHAOS_ARGS ?=
 chaos: venv
 	$(BIN)/python -m harness.chaos $(CHAOS_ARGS)
+
+# The soak: the chaos run's load and faults for SOAK_MINUTES, figures every minute (documents/s,
+# faults, dead, lost, RSS of every process), then every invariant checked.
+SOAK_MINUTES ?= 30
+soak: venv
+	$(BIN)/python -m harness.chaos --duration $(SOAK_MINUTES) $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) .data build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache test-artifacts

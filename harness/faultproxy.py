@@ -16,6 +16,14 @@ Faults, each drawn per request from a seeded random generator at a configurable 
   ``stale_window_seconds`` ago (by its ``Last-Modified``) answers 404 NoSuchKey, for a share
   of keys chosen per key, so verification has to retry a 404 until the object shows up.
 
+- ``http_403`` (windows, not drawn per request): while ``deny(seconds)`` is in force, every
+  request for an object (HEAD, GET, PUT, DELETE of a key; never a bucket-level request such as
+  a listing) answers 403 AccessDenied, as when the workers' s3:GetObject/s3:DeleteObject is
+  taken away for a while. A HEAD's 403 has no body (botocore reports the code "403"), a GET's
+  or DELETE's carries ``<Code>AccessDenied</Code>``: what AWS sends. The caller opens a window
+  only while every process that checks its credentials at boot has booted (a 403 at boot
+  stops a worker on purpose, ``worker.permissions``).
+
 Every fault is counted by kind (thread-safe) for the chaos report. ``force(kind)`` makes the
 next eligible request get that fault, so a short run can make sure every kind happened.
 """
@@ -40,7 +48,10 @@ from urllib.parse import unquote, urlsplit
 
 log = logging.getLogger("s3outbox.faultproxy")
 
+#: Faults drawn per request (and forced with ``force``).
 FAULT_KINDS = ("http_500", "http_503", "drop", "delay", "stale_404")
+#: The fault of a ``deny`` window: 403 for every object request while it lasts.
+DENY_KIND = "http_403"
 
 # Hop-by-hop headers (RFC 9110 7.6.1) are the proxy's own business, never forwarded.
 _HOP_BY_HOP = {
@@ -107,6 +118,7 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._faults: Counter[str] = Counter()
         self._forced: Counter[str] = Counter()
+        self._deny_until = 0.0
         self.requests = 0
         self._server = _Server((host, port), _Handler)
         self._server.proxy = self
@@ -147,10 +159,20 @@ class FaultProxy:
         with self._lock:
             self._forced[kind] += times
 
+    def deny(self, seconds: float) -> None:
+        """Answer 403 AccessDenied to every object request for the next ``seconds``."""
+        with self._lock:
+            self._deny_until = time.monotonic() + seconds
+
+    def denying(self) -> bool:
+        """Is a ``deny`` window in force (and the proxy enabled)?"""
+        with self._lock:
+            return self.enabled and time.monotonic() < self._deny_until
+
     def faults(self) -> dict[str, int]:
         """Faults injected so far, by kind (every kind present, zero or not)."""
         with self._lock:
-            return {kind: self._faults[kind] for kind in FAULT_KINDS}
+            return {kind: self._faults[kind] for kind in (*FAULT_KINDS, DENY_KIND)}
 
     def count(self, kind: str) -> None:
         with self._lock:
@@ -246,6 +268,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _proxy(self) -> None:
         proxy = self.server.proxy
         body = self._read_body()
+        if self._object_request() and proxy.denying():
+            proxy.count(DENY_KIND)
+            self._error(403, "AccessDenied", "Access Denied")
+            return
         fault = proxy.draw()
         if fault in ("http_500", "http_503"):
             proxy.count(fault)
@@ -356,6 +382,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _key(self) -> str:
         return unquote(urlsplit(self.path).path)
+
+    def _object_request(self) -> bool:
+        """A request for an object (path style: ``/bucket/key``), not for the bucket."""
+        bucket, _, key = self._key().lstrip("/").partition("/")
+        return bool(bucket and key)
 
 
 def _header(headers: list[tuple[str, str]], name: str) -> str | None:

@@ -8,17 +8,23 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from functools import cache
 from typing import Any, TypeVar
 
 import psycopg
 import requests
 
 from harness.chaos.items import Item
-from outbox import DocumentStatus, Outbox
+from outbox import DocumentStatus, Outbox, queries
 from outbox.models import UploadTicket
 
 T = TypeVar("T")
+
+
+@cache
+def _sql() -> dict[str, str]:
+    return queries.load("harness.chaos")
 
 
 class Counters:
@@ -85,7 +91,7 @@ class Client:
                         conn.rollback()
                 raise
 
-    def request(self, item: Item) -> UploadTicket:
+    def request(self, item: Item, expires_in: int | None = None) -> UploadTicket:
         return self.tx(
             "request_upload",
             lambda c: self.outbox.request_upload(
@@ -95,6 +101,7 @@ class Client:
                 content_type=item.content_type,
                 size=len(item.body),
                 sha256=item.sha256,
+                expires_in=expires_in,
             ),
         )
 
@@ -112,11 +119,50 @@ class Client:
             "get", lambda c: self.outbox.get(c, owner_id=owner, document_id=doc_id).status
         )
 
-    def put(self, ticket: UploadTicket, body: bytes) -> None:
+    def peek_status(self, owner: str, doc_id: uuid.UUID) -> DocumentStatus | None:
+        """The document's status in one try (None while PostgreSQL is away): for polling."""
+        try:
+            conn = self.conn()
+            status = self.outbox.get(conn, owner_id=owner, document_id=doc_id).status
+            conn.rollback()
+            return status
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            with contextlib.suppress(psycopg.Error):
+                if self._conn is not None:
+                    self._conn.close()
+            return None
+
+    @contextlib.contextmanager
+    def quota_held(self, owner: str) -> Iterator[bool]:
+        """Another app transaction (its own connection) that holds ``owner``'s quota row
+        (``SELECT ... FOR UPDATE``) until the block ends, then rolls back: a slow web request
+        that locked it. Yields False when PostgreSQL was away (no hold); a restart during the
+        hold simply ends it early."""
+        conn: psycopg.Connection[Any] | None = None
+        try:
+            conn = psycopg.connect(self.database_url, connect_timeout=5)
+            conn.execute(_sql()["chaos_hold_quota"], {"owner": owner}).fetchall()
+        except psycopg.OperationalError:
+            if conn is not None:
+                conn.close()
+            conn = None
+        try:
+            yield conn is not None
+        finally:
+            if conn is not None:
+                with contextlib.suppress(psycopg.Error):
+                    conn.rollback()
+                conn.close()
+
+    def put(
+        self, ticket: UploadTicket, body: bytes, extra_headers: dict[str, str] | None = None
+    ) -> None:
         """PUT as a browser does; storage is not behind the fault proxy, but retry a refused
-        or broken PUT anyway (the URL may be reused until it expires)."""
+        or broken PUT anyway (the URL may be reused until it expires). ``extra_headers``:
+        unsigned headers a hostile uploader adds to the signed ones."""
         assert ticket.url is not None
         headers = {k: v for k, v in ticket.headers.items() if k != "Content-Length"}
+        headers.update(extra_headers or {})
         last = ""
         for attempt in range(6):
             try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import random
 import uuid
@@ -23,10 +24,15 @@ class Item:
     body: bytes
     content_type: str
     variant: int
+    sha256: str = ""
 
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.body).hexdigest()
+    def __post_init__(self) -> None:
+        if not self.sha256:
+            self.sha256 = hashlib.sha256(self.body).hexdigest()
+
+    def release_body(self) -> None:
+        """Forget the body once the item is played (a soak plays tens of thousands)."""
+        self.body = b""
 
 
 @dataclass
@@ -34,23 +40,39 @@ class ItemResult:
     item: Item
     document_id: uuid.UUID | None = None
     expected: DocumentStatus | None = None
+    #: Words the document's reason must contain (e.g. the header a rejection names).
+    expected_reason: str | None = None
     note: str = ""
 
 
+def make_item(config: ChaosConfig, index: int) -> Item:
+    """Item ``index`` of the run, the same for the same seed (drawn from the seed and the
+    index alone, so a soak can draw as many as it needs). The first items play every
+    scenario with a share once, in a seeded order, so a short run covers them all."""
+    rng = random.Random(f"{config.seed}:item:{index}")
+    names = [n for n in config.shares if config.shares[n] > 0]
+    first = sorted(names)
+    random.Random(f"{config.seed}:first").shuffle(first)
+    if index < len(first):
+        scenario = Scenario(first[index])
+    else:
+        scenario = Scenario(rng.choices(names, [config.shares[n] for n in names])[0])
+    if scenario == Scenario.OVER_QUOTA:
+        owner = f"chaos-quota-{rng.randrange(max(config.quota_owners, 1))}"
+    else:
+        owner = f"chaos-user-{rng.randrange(max(config.owners, 1))}"
+    size = rng.randint(config.min_size, config.max_size)
+    # Unique content per item (the index is in it): only DUPLICATE repeats content.
+    body = f"chaos {config.seed} item {index}\n".encode() + rng.randbytes(size)
+    content_type = rng.choice(_CONTENT_TYPES)
+    variant = rng.randrange(3)
+    if scenario == Scenario.EXTRA_HEADERS and variant == 0:
+        # Declared, signed and uploaded as gzip bytes, with Content-Encoding: gzip added.
+        body = gzip.compress(body, mtime=0)
+        content_type = "application/octet-stream"
+    return Item(index, scenario, owner, body, content_type, variant)
+
+
 def make_items(config: ChaosConfig) -> list[Item]:
-    """The run's work, the same for the same seed."""
-    rng = random.Random(f"{config.seed}:items")
-    names = list(config.shares)
-    weights = [config.shares[n] for n in names]
-    items = []
-    for i in range(config.documents):
-        scenario = Scenario(rng.choices(names, weights)[0])
-        if scenario == Scenario.OVER_QUOTA:
-            owner = f"chaos-quota-{rng.randrange(max(config.quota_owners, 1))}"
-        else:
-            owner = f"chaos-user-{rng.randrange(max(config.owners, 1))}"
-        size = rng.randint(config.min_size, config.max_size)
-        # Unique content per item (the index is in it): only DUPLICATE repeats content.
-        body = f"chaos {config.seed} item {i}\n".encode() + rng.randbytes(size)
-        items.append(Item(i, scenario, owner, body, rng.choice(_CONTENT_TYPES), rng.randrange(3)))
-    return items
+    """The items of a run of ``config.documents`` documents."""
+    return [make_item(config, i) for i in range(config.documents)]

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from harness.chaos.items import ItemResult, make_items
+from harness.chaos.items import ItemResult
 from harness.chaos.scenarios import deferred_step, do_item
 from harness.chaos.state import ChaosRun
 
@@ -19,9 +18,8 @@ def client_thread(run: ChaosRun, tamper: Any) -> None:
     try:
         while True:
             deferred_step(run, client, force=False)
-            try:
-                item = run.work.get_nowait()
-            except queue.Empty:
+            item = run.next_item()
+            if item is None:
                 break
             pause = run.start_at(item.index) - time.monotonic()
             if pause > 0:
@@ -34,6 +32,7 @@ def client_thread(run: ChaosRun, tamper: Any) -> None:
                 run.error(f"item {item.index} ({item.scenario.value}): {exc!r}")
                 result.expected = None
                 result.note = f"client error: {exc!r}"
+            item.release_body()  # a background thread that needs it holds its own reference
             run.record(result)
         while deferred_step(run, client, force=True):
             pass
@@ -42,10 +41,8 @@ def client_thread(run: ChaosRun, tamper: Any) -> None:
 
 
 def start_clients(run: ChaosRun, tamper: Any) -> list[threading.Thread]:
-    """Queue the run's items and start its client threads: the load starts now.
-    ``tamper`` is an S3 client that overwrites objects behind the system's back."""
-    for item in make_items(run.config):
-        run.work.put(item)
+    """Start the run's client threads: the load starts now. ``tamper`` is an S3 client that
+    overwrites objects behind the system's back."""
     run.load_started = time.monotonic()
     threads = [
         threading.Thread(target=client_thread, args=(run, tamper), name=f"chaos-client-{n}")
@@ -56,12 +53,17 @@ def start_clients(run: ChaosRun, tamper: Any) -> list[threading.Thread]:
     return threads
 
 
-def join_clients(threads: list[threading.Thread], progress: Callable[[], None]) -> None:
-    """Wait until every client thread ended, calling ``progress`` every 10 s meanwhile."""
+def join_clients(
+    run: ChaosRun, threads: list[threading.Thread], progress: Callable[[], None]
+) -> None:
+    """Wait until every client thread and every background thread they started ended,
+    calling ``progress`` every 10 s meanwhile."""
     progress_at = time.monotonic()
-    while any(t.is_alive() for t in threads):
+    while any(t.is_alive() for t in threads) or run.background_alive():
         for t in threads:
             t.join(timeout=1.0)
+        if not any(t.is_alive() for t in threads):
+            time.sleep(0.5)  # polling the background threads' end
         if time.monotonic() - progress_at >= 10:
             progress_at = time.monotonic()
             progress()

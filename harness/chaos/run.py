@@ -22,15 +22,11 @@ from harness.chaos.config import ChaosConfig
 from harness.chaos.faults import FaultScheduler
 from harness.chaos.items import ItemResult
 from harness.chaos.load import join_clients, start_clients
+from harness.chaos.monitor import Monitor
+from harness.chaos.processes import ChaosProcesses
 from harness.chaos.report import ChaosResult, format_table
 from harness.chaos.state import ChaosRun
-from harness.chaos.system import (
-    behind_proxy,
-    run_servers,
-    run_settings,
-    start_processes,
-    supervisor,
-)
+from harness.chaos.system import behind_proxy, run_servers, run_settings, supervisor
 from harness.faultproxy import FaultProxy
 from harness.invariants import check_invariants
 from outbox import Settings, migrate, queries
@@ -68,9 +64,14 @@ def run_chaos(
     result = ChaosResult(config=config, data_dir=str(data_dir))
     token = uuid.uuid4().hex[:8]
     with run_servers(data_dir, stack) as (base, servers):
+        amount = (
+            f"{config.documents} documents"
+            if config.duration_minutes is None
+            else f"a soak of {config.duration_minutes:g} minutes"
+        )
         say(
             f"servers: {'embedded' if servers is not None else 'given'}; seed {config.seed}, "
-            f"{config.documents} documents, {config.threads} client threads"
+            f"{amount}, {config.threads} client threads"
         )
         real = run_settings(base, config, token)
         ensure_bucket(real)
@@ -79,40 +80,53 @@ def run_chaos(
         proxy = FaultProxy(real.s3_endpoint_url, config.storage, seed=config.seed).start()
         logdir = data_dir / "logs"
         logdir.mkdir(exist_ok=True)
-        procs = supervisor(behind_proxy(real, proxy.url), logdir)
+        supervised = supervisor(behind_proxy(real, proxy.url), logdir)
+        procs = ChaosProcesses(supervised, config, logdir)
         load_done = threading.Event()
         scheduler = FaultScheduler(config, procs, servers, proxy, load_done)
         run = ChaosRun(config, real)
+        monitor = Monitor(
+            run, procs, lambda: _fault_sums(scheduler, proxy), say, config.figures_seconds
+        )
         try:
             _limit_quota_owners(run)
-            start_processes(procs, config)
-            say(f"processes started; storage proxy {proxy.url} -> {real.s3_endpoint_url}")
-            _load_under_faults(run, scheduler, result, say)
+            procs.start_missing()
+            # The load starts once they are ready, so its first items meet working processes.
+            booted = procs.wait_booted(60.0)
+            say(
+                f"processes {'started' if booted else 'started (still booting after 60s)'};"
+                f" storage proxy {proxy.url} -> {real.s3_endpoint_url}"
+            )
+            _load_under_faults(run, scheduler, monitor, result, say)
             proxy.enabled = False
             # Restore anything down: servers first, then processes.
             if servers is not None:
                 for server in servers.servers:
                     if not server.running:
                         server.start()
-            if restarted := start_processes(procs, config):
+            if restarted := procs.start_missing():
                 say(f"restarted {', '.join(restarted)}")
             settle_start = time.monotonic()
             say("faults stopped; waiting for the system to settle")
-            result.settled = _wait_settled(real, config.settle_timeout_seconds, say)
+            result.settled = _wait_settled(
+                real, config.settle_timeout_seconds, config.settle_max_seconds, say
+            )
             result.settle_seconds = time.monotonic() - settle_start
             say("checking invariants")
             check_start = time.monotonic()
             result.report = check_invariants(real, settled=True)
             result.expectation_failures = _check_expectations(real, run.results)
+            result.event_stats = _event_stats(real)
             result.check_seconds = time.monotonic() - check_start
         finally:
             scheduler.stop_event.set()
+            monitor.stop.set()
             load_done.set()
-            procs.stop_all()
+            supervised.stop_all()
             proxy.stop()
-        faults = {k: scheduler.counts.get(k, 0) for k in scheduler.kinds}
-        faults.update({f"storage_{k}": v for k, v in proxy.faults().items()})
-        result.faults = faults
+        result.faults = _faults(scheduler, proxy)
+        result.outages = [round(s, 1) for s in scheduler.outages]
+        result.figures = [f.to_dict() for f in monitor.samples]
         result.clients = dict(sorted(run.counters.c.items()))
         result.scenarios = dict(Counter(r.item.scenario.value for r in run.results))
         result.errors = run.errors + scheduler.errors
@@ -121,6 +135,28 @@ def run_chaos(
         shutil.rmtree(data_dir, ignore_errors=True)
         result.data_dir = ""
     return result
+
+
+def _faults(scheduler: FaultScheduler, proxy: FaultProxy) -> dict[str, int]:
+    """Faults injected so far, by kind: the scheduler's, then the proxy's (``storage_*``)."""
+    faults = {k: scheduler.counts.get(k, 0) for k in scheduler.kinds}
+    faults.update({f"storage_{k}": v for k, v in proxy.faults().items()})
+    return faults
+
+
+def _fault_sums(scheduler: FaultScheduler, proxy: FaultProxy) -> tuple[int, int]:
+    """Faults so far: the scheduler's, and the storage responses the proxy spoiled."""
+    return sum(scheduler.counts.values()), sum(proxy.faults().values())
+
+
+def _event_stats(settings: Settings) -> dict[str, int]:
+    """What the events went through: failed attempts, the most of one event, lock timeouts
+    and 403s seen (lower bounds), rescues, dead events."""
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        cur = conn.execute(_sql()["chaos_failure_stats"])
+        row = cur.fetchone()
+        names = [d.name for d in cur.description or []]
+    return dict(zip(names, row or (), strict=True))
 
 
 def _limit_quota_owners(run: ChaosRun) -> None:
@@ -134,19 +170,22 @@ def _limit_quota_owners(run: ChaosRun) -> None:
 
 
 def _load_under_faults(
-    run: ChaosRun, scheduler: FaultScheduler, result: ChaosResult, say: Say
+    run: ChaosRun, scheduler: FaultScheduler, monitor: Monitor, result: ChaosResult, say: Say
 ) -> None:
-    """The client threads' load while the scheduler injects faults; returns when the load is
-    done and the scheduler stopped."""
+    """The client threads' load while the scheduler injects faults and the monitor prints
+    its figures every minute; returns when the load is done and the scheduler stopped."""
     config, settings = run.config, run.settings
     threads = start_clients(run, make_client(settings, settings.s3_endpoint_url))
+    watcher_monitor = threading.Thread(target=monitor.run, name="chaos-monitor", daemon=True)
+    watcher_monitor.start()
+    total = "" if config.duration_minutes is not None else f"/{config.documents}"
 
     def watch_load() -> None:
         join_clients(
+            run,
             threads,
             lambda: say(
-                f"load: {len(run.results)}/{config.documents} documents, "
-                f"faults {dict(scheduler.counts)}"
+                f"load: {len(run.results)}{total} documents, faults {dict(scheduler.counts)}"
             ),
         )
         result.load_seconds = time.monotonic() - run.load_started
@@ -161,6 +200,10 @@ def _load_under_faults(
     # (worker.supervisor sets it only for children of the main thread).
     scheduler.run()
     watcher.join()
+    monitor.stop.set()
+    watcher_monitor.join()
+    # The last figures: the end of the load (memory at its end included).
+    say(monitor.sample(len(monitor.samples), label="end").line())
 
 
 def _unsettled(settings: Settings) -> int | None:
@@ -173,21 +216,42 @@ def _unsettled(settings: Settings) -> int | None:
     return None if row is None else int(row[0])
 
 
-def _wait_settled(settings: Settings, timeout: float, say: Say) -> bool:
+def _waiting(settings: Settings) -> str:
+    """What is still waiting, by kind, with the latest due time of each."""
+    try:
+        with psycopg.connect(settings.database_url, autocommit=True, connect_timeout=5) as c:
+            rows = c.execute(_sql()["chaos_waiting"]).fetchall()
+    except psycopg.Error:
+        return "database away"
+    return "; ".join(
+        f"{what}: {n}" + ("" if due_in is None else f", last due {due_in:+.0f}s")
+        for what, n, due_in in rows
+    )
+
+
+def _wait_settled(settings: Settings, stall: float, longest: float, say: Say) -> bool:
     """Poll until no document is in a transitional state and no event is unfinished
-    (including events scheduled for later, e.g. the purge re-check after a URL expires)."""
-    deadline = time.monotonic() + timeout
+    (including events scheduled for later, e.g. the purge re-check after a URL expires).
+    False when nothing settled for ``stall`` seconds, or after ``longest`` seconds: a soak's
+    backlog that keeps draining is waited for, a system that stopped moving is not."""
+    start = time.monotonic()
+    progress_at, fewest = start, None
     last_report = 0.0
     while True:
         left = _unsettled(settings)
         if left == 0:
             return True
         now = time.monotonic()
-        if now >= deadline:
-            say(f"not settled after {timeout:.0f}s: {left} rows still waiting")
+        if left is not None and (fewest is None or left < fewest):
+            progress_at, fewest = now, left
+        if now - progress_at >= stall or now - start >= longest:
+            say(
+                f"not settled after {now - start:.0f}s ({now - progress_at:.0f}s without"
+                f" progress): {left} rows still waiting ({_waiting(settings)})"
+            )
             return False
         if now - last_report >= 10:
-            say(f"settling: {left} documents/events still waiting")
+            say(f"settling: {left} documents/events still waiting ({_waiting(settings)})")
             last_report = now
         time.sleep(0.5)  # polling interval of the settle condition
 
@@ -203,10 +267,17 @@ def _check_expectations(settings: Settings, results: list[ItemResult]) -> list[s
         if r.document_id is None or r.expected is None:
             continue
         got, reason = status.get(r.document_id, ("missing", None))
-        if got != r.expected:
+        wrong_reason = (
+            r.expected_reason is not None
+            and r.expected_reason.lower() not in (reason or "").lower()
+        )
+        if got != r.expected or wrong_reason:
             failures.append(
                 f"{r.item.scenario.value} item {r.item.index} document {r.document_id}: "
-                f"expected {r.expected.value}, got {got}" + (f" ({reason})" if reason else "")
+                f"expected {r.expected.value}"
+                + (f" naming {r.expected_reason}" if r.expected_reason else "")
+                + f", got {got}"
+                + (f" ({reason})" if reason else "")
             )
     return failures
 
@@ -217,13 +288,19 @@ def main_chaos(
     threads: int | None = None,
     json_path: str | None = None,
     keep_data: bool = False,
+    duration_minutes: float | None = None,
 ) -> int:
-    """The full run; prints the table; 0 only if nothing broke."""
+    """The full run (or, with ``duration_minutes``, a soak); prints the table; 0 only if
+    nothing broke."""
     # The library logs every call at INFO: thousands of lines that would bury the table.
     logging.getLogger("s3outbox.api").setLevel(logging.WARNING)
     config = ChaosConfig(keep_data=keep_data)
     if documents is not None:
         config.documents = documents
+    if duration_minutes is not None:
+        config.duration_minutes = duration_minutes
+        # A relay and a worker no process fault kills: their memory over the whole soak.
+        config.witnesses = True
     if seed is not None:
         config.seed = seed
     if threads is not None:

@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from harness.chaos.client import Client
 from harness.chaos.config import EXPECTED, Scenario
 from harness.chaos.items import Item, ItemResult
+from harness.chaos.slow_put import SlowPut
 from harness.chaos.state import ChaosRun
 from outbox import DocumentStatus, InvalidState, QuotaExceeded
+from outbox.models import UploadTicket
+
+#: Unsigned headers a hostile uploader adds to the signed PUT, by item variant; storage
+#: keeps each, and each would change what a download serves (Content-Encoding: gzip comes
+#: with gzip bytes, declared and signed as such: see ``items.make_item``).
+EXTRA_HEADERS = (
+    ("Content-Encoding", "gzip"),
+    ("Cache-Control", "public, max-age=31536000"),
+    ("Content-Disposition", "inline"),
+)
+#: How long before its URL expires a slow upload starts its PUT.
+SLOW_PUT_LEAD_SECONDS = 1.0
+#: Pieces of a slow upload's body, and the pause between two of them.
+SLOW_PUT_PIECES = 16
+SLOW_PUT_PAUSE_SECONDS = 0.25
 
 
 def deferred_step(run: ChaosRun, client: Client, *, force: bool) -> bool:
@@ -38,12 +55,66 @@ def deferred_step(run: ChaosRun, client: Client, *, force: bool) -> bool:
     return True
 
 
+def slow_upload(run: ChaosRun, ticket: UploadTicket, body: bytes, result: ItemResult) -> None:
+    """A PUT that starts just before its URL expires and sends its body slowly, holding the
+    last piece back until the sweeper has expired the document (or until little is left of
+    the longest upload, ``max_upload_seconds``): storage checks the expiry only when the
+    request starts, so it stores the object after the document left its live state, and the
+    purge re-check after ``upload_expires_at + max_upload_seconds + grace`` must remove it.
+    If the document was not expired in time (an outage held the expire event back), its end
+    is not fixed any more (expired, or available when the expire found the object)."""
+    counters = run.counters
+    assert ticket.expires_at is not None
+    owner, doc_id = ticket.document.owner_id, ticket.document.id
+    client = run.client()
+    try:
+        left = (ticket.expires_at - datetime.now(UTC)).total_seconds()
+        if left < SLOW_PUT_LEAD_SECONDS / 2:
+            # This thread started too late for a PUT that starts in time: an abandoned
+            # upload, which must end expired as well.
+            counters.inc("slow_uploads_started_too_late")
+            return
+        if left > SLOW_PUT_LEAD_SECONDS:
+            time.sleep(left - SLOW_PUT_LEAD_SECONDS)  # the client starts just before expiry
+        # The body must land before the purge re-check, with a margin.
+        window = run.settings.max_upload_seconds - 3.0
+        give_up = time.monotonic() + SLOW_PUT_LEAD_SECONDS + max(window, 1.0)
+        put = SlowPut(ticket, body, pieces=SLOW_PUT_PIECES)
+        put.start()
+        expired = False
+        while time.monotonic() < give_up:
+            if put.left > put.piece:
+                put.send()  # one more piece of a slow body; the last one waits for expiry
+            expired = client.peek_status(owner, doc_id) == DocumentStatus.EXPIRED
+            if expired:
+                break
+            time.sleep(SLOW_PUT_PAUSE_SECONDS)  # the slow link
+        status, text = put.finish()
+        if status != 200:
+            counters.inc("slow_puts_refused")
+            result.note = f"slow PUT answered {status}: {text}"
+        elif expired:
+            counters.inc("slow_puts_stored_after_expiry")
+        if not expired:
+            counters.inc("slow_uploads_not_expired_in_time")
+            result.expected = None
+            result.note = result.note or "not expired before the body had to land"
+    except Exception as exc:
+        run.error(f"slow upload {doc_id}: {exc!r}")
+        result.expected = None
+    finally:
+        client.close()
+
+
 def do_item(run: ChaosRun, client: Client, tamper: Any, item: Item, result: ItemResult) -> None:
     """Play ``item``'s scenario; ``result`` gets its document and what it must end as."""
     counters = run.counters
     expected = EXPECTED[item.scenario]
     try:
-        ticket = client.request(item)
+        expires_in = (
+            run.config.slow_upload_ttl_seconds if item.scenario == Scenario.SLOW_UPLOAD else None
+        )
+        ticket = client.request(item, expires_in)
     except QuotaExceeded:
         counters.inc("quota_refusals")
         result.note = "quota refused"
@@ -57,6 +128,12 @@ def do_item(run: ChaosRun, client: Client, tamper: Any, item: Item, result: Item
     sc = item.scenario
 
     if sc == Scenario.ABANDONED:
+        return
+    if sc == Scenario.SLOW_UPLOAD:
+        # Its own thread: the PUT starts just before the URL expires and ends after the
+        # sweeper expired the document, seconds this client thread goes on working.
+        body = item.body
+        run.spawn(lambda: slow_upload(run, ticket, body, result), f"slow-put-{item.index}")
         return
     if sc == Scenario.DELETE_IN_FLIGHT and item.variant in (1, 2):
         # Delete while pending; variant 2 then PUTs anyway with the still valid URL
@@ -73,8 +150,24 @@ def do_item(run: ChaosRun, client: Client, tamper: Any, item: Item, result: Item
             raise AssertionError(f"pending duplicate made document {again.document.id}")
         counters.inc("dedup_pending")
         ticket = again
-    client.put(ticket, item.body)
+    if sc == Scenario.EXTRA_HEADERS:
+        header, value = EXTRA_HEADERS[item.variant % len(EXTRA_HEADERS)]
+        client.put(ticket, item.body, {header: value})
+        result.expected_reason = header
+        counters.inc(f"extra_header:{header}")
+    else:
+        client.put(ticket, item.body)
     if sc == Scenario.LOST_CONFIRM:
+        return
+    if sc == Scenario.QUOTA_HELD:
+        # Another app transaction holds the owner's quota row while this upload is confirmed:
+        # the workers' verify of it (and of the owner's other uploads) waits out the lock
+        # timeout, fails and is retried once the hold ends.
+        with client.quota_held(item.owner) as held:
+            client.confirm(item, doc_id)
+            if held:
+                time.sleep(run.config.quota_hold_seconds)  # the hold itself: a slow request
+        counters.inc("quota_holds" if held else "quota_holds_missed")
         return
     if sc == Scenario.TAMPERED:
         # Replace the object behind the system's back (the workers' HeadObject must notice):

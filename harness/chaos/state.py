@@ -1,16 +1,17 @@
-"""What the client threads of one run share: the work queue, the results, the errors, the
-counters and the deletes that wait for their document to become available."""
+"""What the client threads of one run share: the items still to play, the results, the
+errors, the counters, the deletes that wait for their document to become available, and the
+background threads some scenarios start (a slow upload outlives its client's turn)."""
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 from harness.chaos.client import Client, Counters
 from harness.chaos.config import ChaosConfig
-from harness.chaos.items import Item, ItemResult
+from harness.chaos.items import Item, ItemResult, make_item
 from outbox import Outbox, Settings
 
 
@@ -25,9 +26,10 @@ class ChaosRun:
         self.results: list[ItemResult] = []
         self.errors: list[str] = []
         self._lock = threading.Lock()
-        self.work: queue.Queue[Item] = queue.Queue()
+        self._next = 0
         # Documents to delete once they are available: (owner, id, give-up time).
         self.deferred: list[tuple[str, uuid.UUID, float]] = []
+        self.background: list[threading.Thread] = []
         #: When the load started (time.monotonic()); item i starts i / rate_per_second later.
         self.load_started = 0.0
 
@@ -44,6 +46,42 @@ class ChaosRun:
         """When item ``index`` starts (time.monotonic()), spreading the load over time."""
         rate = self.config.rate_per_second
         return self.load_started + (index / rate if rate else 0.0)
+
+    def load_ends_at(self) -> float | None:
+        """When a soak's load ends (time.monotonic()); None for a run of N documents."""
+        minutes = self.config.duration_minutes
+        return None if minutes is None else self.load_started + minutes * 60.0
+
+    def next_item(self) -> Item | None:
+        """The next item to play, or None when the run has played them all (its document
+        count, or, for a soak, the first item that would start after the load's end)."""
+        with self._lock:
+            index = self._next
+            ends = self.load_ends_at()
+            if ends is None and index >= self.config.documents:
+                return None
+            if ends is not None and (self.start_at(index) >= ends or time.monotonic() >= ends):
+                return None
+            self._next += 1
+        return make_item(self.config, index)
+
+    @property
+    def started(self) -> int:
+        """Items handed out so far."""
+        with self._lock:
+            return self._next
+
+    def spawn(self, target: Callable[[], None], name: str) -> None:
+        """Run ``target`` in a background thread that the load waits for before it ends."""
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        with self._lock:
+            self.background = [t for t in self.background if t.is_alive()]
+            self.background.append(thread)
+        thread.start()
+
+    def background_alive(self) -> bool:
+        with self._lock:
+            return any(t.is_alive() for t in self.background)
 
     def error(self, message: str) -> None:
         with self._lock:

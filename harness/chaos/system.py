@@ -11,7 +11,6 @@ from pathlib import Path
 from harness.chaos.config import ChaosConfig
 from outbox import Settings
 from worker.embedded import EmbeddedStack
-from worker.processes import command
 from worker.servers import servers, settings_from
 from worker.supervisor import Supervisor
 
@@ -48,6 +47,8 @@ def run_settings(base: Settings, config: ChaosConfig, token: str) -> Settings:
             "retry_base_seconds": config.retry_base_seconds,
             "retry_max_seconds": config.retry_max_seconds,
             "max_failures": config.max_failures,
+            "db_lock_timeout_seconds": config.db_lock_timeout_seconds,
+            "relay_max_in_flight": config.relay_max_in_flight,
             "worker_pool_size": config.worker_pool_size,
             "relay_metrics_port": 0,
             "sweeper_metrics_port": 0,
@@ -83,14 +84,3 @@ def supervisor(settings: Settings, logdir: Path) -> Supervisor:
     prom.mkdir(parents=True, exist_ok=True)
     env["PROMETHEUS_MULTIPROC_DIR"] = str(prom)
     return Supervisor(env, logdir=logdir, cwd=ROOT)
-
-
-def start_processes(procs: Supervisor, config: ChaosConfig) -> list[str]:
-    """Start relay, workers and sweeper where not running; returns the names started."""
-    started = []
-    for name in ("relay", "worker", "sweeper"):
-        if procs.pid(name) is None:
-            argv = command(name, processes=config.worker_processes, threads=config.worker_threads)
-            procs.start(name, argv)
-            started.append(name)
-    return started
