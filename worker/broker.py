@@ -21,6 +21,10 @@ from outbox.settings import Settings
 
 #: The prefix of every Redis key the broker writes.
 NAMESPACE = "s3outbox"
+#: A consumer silent this long is dead: the messages it fetched go back to the queue.
+HEARTBEAT_TIMEOUT_MS = 15_000
+#: Per million broker commands, how many run the maintenance that requeues them (1%).
+MAINTENANCE_CHANCE = 10_000
 
 ACTOR_NAMES: dict[Topic, str] = {topic: f"s3outbox_{topic.value}" for topic in Topic}
 #: The actor of a message that carries several verify events (a backlog, packed by the relay).
@@ -38,6 +42,12 @@ def make_broker(settings: Settings) -> RedisBroker:
         socket_timeout=10,
         socket_connect_timeout=5,
         health_check_interval=30,
+        # Messages a killed worker had fetched come back to the queue once its heartbeat is
+        # this old and Redis runs the broker's maintenance (a chance per command). Dramatiq's
+        # defaults (60 s, 0.1%) left them for 1-2.5 minutes after a SIGKILL; a live worker
+        # beats on every fetch (every worker_idle_poll_seconds when idle), so 15 s is safe.
+        heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
+        maintenance_chance=MAINTENANCE_CHANCE,
     )
 
 
