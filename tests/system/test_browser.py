@@ -129,36 +129,46 @@ def test_refused_upload_shows_the_error(api_url: str, browser: Browser, tmp_path
     page.close()
 
 
-#: Lengths around SHA-256's 64-byte blocks and its padding (55/56), and past the 4 MiB chunk
-#: the page reads a file in.
-HASH_LENGTHS = [0, 1, 3, 55, 56, 57, 63, 64, 65, 119, 120, 127, 128, 129, 1000, 4 * 2**20 + 77]
+#: Lengths around SHA-256's 64-byte blocks and its padding (55/56), past the 4 MiB chunk the
+#: page reads a file in, and past the 16 MiB up to which a file is hashed whole.
+HASH_LENGTHS = [0, 1, 3, 55, 56, 57, 63, 64, 65, 119, 120, 127, 128, 1000, 4 * 2**20 + 77]
+HASH_LENGTHS += [16 * 2**20 + 1]
 
 
 def _pattern(n: int) -> bytes:
-    return bytes((i * 31 + (i >> 8)) & 255 for i in range(n))
+    """Byte i is (31 i + i // 256) mod 256, as the page makes them: 256-byte rows."""
+    rows = [bytes((31 * j + b) & 255 for j in range(256)) for b in range(256)]
+    return b"".join(rows[b % 256] for b in range(n // 256 + 1))[:n]
 
 
 def test_the_page_hashes_a_file_incrementally_as_sha256(api_url: str, browser: Browser) -> None:
-    """The page's own incremental SHA-256 (a file sent with one PUT is never read whole),
-    fed in odd-sized pieces and from a Blob in chunks, against hashlib."""
+    """The page's own incremental SHA-256 (a file sent with one PUT above 16 MiB is never read
+    whole), fed in odd-sized pieces and from a Blob in 4 MiB chunks, and the file hash the
+    page uses (crypto.subtle up to 16 MiB), against hashlib."""
     page = browser.new_page()
     problems = watch(page)
     page.goto(api_url + "/")
     got = page.evaluate(
         """async (lengths) => {
-            const { Sha256, sha256OfFile } = await import("./static/sha256.js");
+            const { Sha256, sha256Incremental, sha256OfFile } = await import("./static/sha256.js");
             const out = [];
             for (const n of lengths) {
                 const bytes = new Uint8Array(n);
                 for (let i = 0; i < n; i += 1) bytes[i] = (i * 31 + (i >> 8)) & 255;
                 const pieces = [];
                 for (const step of [1, 7, 64, 65, 1 << 20]) {
-                    if (step === 1 && n > 5000) continue;
+                    if (step < 64 && n > 5000) continue;
                     const hash = new Sha256();
                     for (let i = 0; i < n; i += step) hash.update(bytes.subarray(i, i + step));
                     pieces.push(hash.hex());
                 }
-                out.push({ n, pieces, file: await sha256OfFile(new Blob([bytes])) });
+                const blob = new Blob([bytes]);
+                out.push({
+                    n,
+                    pieces,
+                    incremental: await sha256Incremental(blob),
+                    file: await sha256OfFile(blob),
+                });
             }
             return out;
         }""",
@@ -168,6 +178,7 @@ def test_the_page_hashes_a_file_incrementally_as_sha256(api_url: str, browser: B
     for entry in got:
         want = hashlib.sha256(_pattern(entry["n"])).hexdigest()
         assert set(entry["pieces"]) == {want}, entry["n"]
+        assert entry["incremental"] == want, entry["n"]
         assert entry["file"] == want, entry["n"]
     assert [e["n"] for e in got] == HASH_LENGTHS
     assert problems == [], "\n".join(problems)
