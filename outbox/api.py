@@ -93,8 +93,9 @@ class Outbox(multipart.MultipartCalls):
 
         Raises:
             InvalidInput (400): bad owner id, size or SHA-256; a SHA-256 missing for a single
-                PUT, or given for a multipart document; or the same SHA-256 already declared
-                with another size.
+                PUT, or given for a multipart document (both carry
+                ``multipart_threshold_bytes``); or the same SHA-256 already declared with
+                another size.
             ValidationFailed (422): bad filename (empty, too long, control/bidi characters,
                 path separators, only dots).
             UnsupportedContentType (415): malformed or not allowed content type.

@@ -66,11 +66,17 @@ def whole_file_sha256(value: object, plan: MultipartPlan | None, settings: Setti
 
     Raises:
         InvalidInput: a SHA-256 missing or malformed for a single PUT, or given for a
-            multipart document.
+            multipart document; a missing or refused one carries
+            ``multipart_threshold_bytes``.
     """
     if plan is None:
         if value is None:
-            raise InvalidInput("sha256 is required: the hex SHA-256 of the file")
+            # The threshold tells a client that asked without a hash (as the upload page
+            # does, not knowing it) that this file is sent with one PUT: hash it, ask again.
+            raise InvalidInput(
+                "sha256 is required: the hex SHA-256 of the file",
+                multipart_threshold_bytes=settings.multipart_threshold_bytes,
+            )
         return validation.sha256_hex(value)
     if value is not None:
         raise InvalidInput(

@@ -34,6 +34,7 @@ from outbox.webapp.schemas import (
     PartUrlOut,
     PartUrlRequest,
     QuotaOut,
+    UploadLimitsOut,
     UploadRequest,
     UploadStatusOut,
     UploadUrlOut,
@@ -192,6 +193,17 @@ def create_router(
     router = APIRouter(route_class=OutboxRoute, lifespan=lifespan, tags=["documents"])
     Owner = Annotated[str, Depends(owner_dependency or header_owner)]
     Trace = Annotated[str, Depends(request_trace_id)]
+
+    @router.get(
+        "/upload-limits",
+        response_model=UploadLimitsOut,
+        responses=_errors(),
+        dependencies=[Depends(owner_dependency or header_owner)],  # authenticated as the rest
+    )
+    def upload_limits() -> UploadLimitsOut:
+        """The size limit and the multipart threshold: whether to hash a file before asking
+        for its upload (one PUT) or to ask without a hash (parts). Reads no database."""
+        return UploadLimitsOut.of(be.settings)
 
     @router.post(
         "/documents/upload-url",

@@ -19,6 +19,7 @@ from outbox.models import (
     UploadStatus,
     UploadTicket,
 )
+from outbox.settings import Settings
 
 
 class UploadRequest(BaseModel):
@@ -254,6 +255,27 @@ class QuotaOut(BaseModel):
             used_bytes=quota.used_bytes,
             reserved_bytes=quota.reserved_bytes,
             free_bytes=quota.free_bytes,
+        )
+
+
+class UploadLimitsOut(BaseModel):
+    """How the server takes uploads, so a client knows before it asks: a file of at most
+    ``multipart_threshold_bytes`` is sent with one PUT (declare its SHA-256), a larger one in
+    parts (declare none). The server still decides: its upload-url answer has the plan."""
+
+    max_upload_bytes: int
+    multipart_threshold_bytes: int
+    multipart_part_size_bytes: int = Field(
+        description="The usual part size; a plan raises it so that no upload needs more than"
+        " 10,000 parts, and each upload-url answer has the plan's own."
+    )
+
+    @classmethod
+    def of(cls, settings: Settings) -> UploadLimitsOut:
+        return cls(
+            max_upload_bytes=settings.max_upload_bytes,
+            multipart_threshold_bytes=settings.multipart_threshold_bytes,
+            multipart_part_size_bytes=settings.multipart_part_size_bytes,
         )
 
 

@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 
 from outbox import Outbox, Settings
 from outbox.webapp import Backend, create_app, create_router
+from outbox.webapp.app import STATIC_DIR
 from tests.support.core import InlineWorker, sha256_hex
 
 OWNER = {"X-Owner-Id": "alice"}
@@ -315,6 +316,7 @@ def test_openapi_lists_every_endpoint(client: TestClient) -> None:
         "/documents/{document_id}/parts/{part_number}": {"put"},
         "/documents/{document_id}/upload": {"get"},
         "/quota": {"get"},
+        "/upload-limits": {"get"},
     }
     upload = schema["paths"]["/documents/upload-url"]["post"]
     assert {"413", "415", "401", "422"} <= set(upload["responses"])
@@ -336,14 +338,30 @@ def test_page_and_static_files(client: TestClient, settings: Settings) -> None:
     csp = page.headers["Content-Security-Policy"]
     assert f"connect-src 'self' {settings.public_endpoint}" in csp
     assert "script-src" not in csp or "'unsafe-inline'" not in csp
-    js = client.get("/static/app.js")
-    assert js.status_code == 200
-    assert "crypto.subtle.digest" in js.text
-    for asset in ("/static/app.js", "/static/style.css"):
+    assert '<script type="module" src="static/app.js">' in page.text
+    scripts = sorted(p.name for p in STATIC_DIR.glob("*.js"))
+    assert {"app.js", "sha256.js", "multipart.js"} <= set(scripts)
+    assert "crypto.subtle.digest" in client.get("/static/sha256.js").text
+    for asset in [f"/static/{name}" for name in scripts] + ["/static/style.css"]:
+        resp = client.get(asset)
+        assert resp.status_code == 200, asset
+        if asset.endswith(".js"):  # a module script needs a JavaScript MIME type
+            assert resp.headers["content-type"].startswith("text/javascript"), asset
         # No external resources: nothing is loaded from any other origin.
-        text = client.get(asset).text
-        assert "https://" not in text and "http://" not in text, asset
+        assert "https://" not in resp.text and "http://" not in resp.text, asset
+        assert "import(" not in resp.text, asset  # static imports only, from this folder
     assert "https://" not in page.text and "http://" not in page.text
+
+
+def test_upload_limits(client: TestClient, settings: Settings) -> None:
+    assert client.get("/upload-limits").status_code == 401
+    resp = client.get("/upload-limits", headers=OWNER)
+    assert resp.status_code == 200
+    assert resp.json() == {
+        "max_upload_bytes": settings.max_upload_bytes,
+        "multipart_threshold_bytes": settings.multipart_threshold_bytes,
+        "multipart_part_size_bytes": settings.multipart_part_size_bytes,
+    }
 
 
 def test_router_in_an_existing_app_with_a_custom_owner(settings: Settings) -> None:

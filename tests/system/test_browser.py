@@ -3,86 +3,38 @@
 Dramatiq worker and sweeper running, then download the bytes back.
 
 Needs Debian's chromium (/usr/bin/chromium; .ci/run installs it) and the playwright package;
-skipped otherwise. Playwright never downloads a browser here: it drives the system one.
+skipped otherwise (tests/support/browser.py). Large files in parts: test_browser_multipart.py.
 """
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 
 from outbox import Settings
-from tests.support.core import ROOT, Processes, doc_status, settings_env
-from tests.support.require import missing_module
-from tests.support.util import wait_for
+from tests.support.browser import (
+    ARTIFACTS,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    api_process,
+    require_chromium,
+    watch,
+)
+from tests.support.core import Processes, doc_status
 
-CHROMIUM = os.environ.get("S3OUTBOX_TEST_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-ARTIFACTS = ROOT / "test-artifacts"
+require_chromium()
 
-if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
-    missing_module(
-        f"no Chromium at {CHROMIUM}: apt-get install chromium (or set S3OUTBOX_TEST_CHROMIUM)"
-    )
-
-from playwright.sync_api import Browser, ConsoleMessage, Request, expect, sync_playwright  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from playwright.sync_api import Browser, Request, expect, sync_playwright  # noqa: E402
 
 
 @pytest.fixture
 def api_url(settings: Settings, tmp_path: Path) -> Iterator[str]:
     """``s3-outbox api`` (real uvicorn) as a child process on a free port."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("S3OUTBOX_")}
-    env.update(settings_env(settings), PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-    log_path = tmp_path / "api.log"
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "api", "--port", str(port)],
-            env=env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-
-        def up() -> bool:
-            assert proc.poll() is None, log_path.read_text()
-            return requests.get(f"{url}/openapi.json", timeout=2).status_code == 200
-
-        wait_for(up, timeout=30, ignore=(requests.ConnectionError,), message="the API")
+    with api_process(settings, tmp_path) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-    assert "Traceback" not in log_path.read_text(), log_path.read_text()[-3000:]
 
 
 @pytest.fixture
@@ -110,10 +62,7 @@ def test_upload_page_end_to_end(
 
     context = browser.new_context(accept_downloads=True, viewport={"width": 1000, "height": 760})
     page = context.new_page()
-    problems: list[str] = []
-    page.on("console", lambda m: _console_problem(m, problems))
-    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-    page.on("requestfailed", lambda r: _request_problem(r, problems))
+    problems = watch(page)
     puts: list[Request] = []
     page.on("request", lambda r: puts.append(r) if r.method == "PUT" else None)
     page.set_default_timeout(60_000)
@@ -180,13 +129,56 @@ def test_refused_upload_shows_the_error(api_url: str, browser: Browser, tmp_path
     page.close()
 
 
-def _console_problem(message: ConsoleMessage, problems: list[str]) -> None:
-    if message.type in ("error", "warning"):
-        problems.append(f"console {message.type}: {message.text}")
+#: Lengths around SHA-256's 64-byte blocks and its padding (55/56), past the 4 MiB chunk the
+#: page reads a file in, and past the 16 MiB up to which a file is hashed whole.
+HASH_LENGTHS = [0, 1, 3, 55, 56, 57, 63, 64, 65, 119, 120, 127, 128, 1000, 4 * 2**20 + 77]
+HASH_LENGTHS += [16 * 2**20 + 1]
 
 
-def _request_problem(request: Request, problems: list[str]) -> None:
-    # A navigation that turns into a download is reported as aborted: that is the download.
-    if request.is_navigation_request() and "ERR_ABORTED" in (request.failure or ""):
-        return
-    problems.append(f"failed: {request.method} {request.url} {request.failure}")
+def _pattern(n: int) -> bytes:
+    """Byte i is (31 i + i // 256) mod 256, as the page makes them: 256-byte rows."""
+    rows = [bytes((31 * j + b) & 255 for j in range(256)) for b in range(256)]
+    return b"".join(rows[b % 256] for b in range(n // 256 + 1))[:n]
+
+
+def test_the_page_hashes_a_file_incrementally_as_sha256(api_url: str, browser: Browser) -> None:
+    """The page's own incremental SHA-256 (a file sent with one PUT above 16 MiB is never read
+    whole), fed in odd-sized pieces and from a Blob in 4 MiB chunks, and the file hash the
+    page uses (crypto.subtle up to 16 MiB), against hashlib."""
+    page = browser.new_page()
+    problems = watch(page)
+    page.goto(api_url + "/")
+    got = page.evaluate(
+        """async (lengths) => {
+            const { Sha256, sha256Incremental, sha256OfFile } = await import("./static/sha256.js");
+            const out = [];
+            for (const n of lengths) {
+                const bytes = new Uint8Array(n);
+                for (let i = 0; i < n; i += 1) bytes[i] = (i * 31 + (i >> 8)) & 255;
+                const pieces = [];
+                for (const step of [1, 7, 64, 65, 1 << 20]) {
+                    if (step < 64 && n > 5000) continue;
+                    const hash = new Sha256();
+                    for (let i = 0; i < n; i += step) hash.update(bytes.subarray(i, i + step));
+                    pieces.push(hash.hex());
+                }
+                const blob = new Blob([bytes]);
+                out.push({
+                    n,
+                    pieces,
+                    incremental: await sha256Incremental(blob),
+                    file: await sha256OfFile(blob),
+                });
+            }
+            return out;
+        }""",
+        HASH_LENGTHS,
+    )
+    page.close()
+    for entry in got:
+        want = hashlib.sha256(_pattern(entry["n"])).hexdigest()
+        assert set(entry["pieces"]) == {want}, entry["n"]
+        assert entry["incremental"] == want, entry["n"]
+        assert entry["file"] == want, entry["n"]
+    assert [e["n"] for e in got] == HASH_LENGTHS
+    assert problems == [], "\n".join(problems)

@@ -88,8 +88,9 @@ def test_settings_out_of_bounds_are_refused(overrides: dict[str, int]) -> None:
 def test_whole_file_sha256_is_required_for_one_put_and_refused_for_parts() -> None:
     s = settings()
     assert whole_file_sha256(SHA.upper(), None, s) == SHA
-    with pytest.raises(InvalidInput, match="required"):
+    with pytest.raises(InvalidInput, match="required") as missing:
         whole_file_sha256(None, None, s)
+    assert missing.value.details == {"multipart_threshold_bytes": 100 * MIB}
     plan = plan_for(200 * MIB, s)
     assert whole_file_sha256(None, plan, s) is None
     with pytest.raises(InvalidInput, match="each part's SHA-256") as err:
