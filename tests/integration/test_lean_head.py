@@ -157,7 +157,7 @@ def answering() -> Iterator[Callable[[int], tuple[str, list[str]]]]:
         seen: list[str] = []
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_HEAD(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_HEAD(self) -> None:
                 seen.append(self.command)
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
