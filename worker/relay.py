@@ -1,15 +1,17 @@
 """The relay: outbox table -> Dramatiq queues on Redis.
 
-Claims due pending events in batches (``FOR UPDATE SKIP LOCKED``, so several relays can run),
-sends one message per event (the whole batch in one Redis pipeline), and marks them
-dispatched in the same transaction: if sending fails, the transaction rolls back and the
-events stay pending. Wakes on LISTEN/NOTIFY the moment an event commits, and also polls.
+Claims due pending events in batches (``FOR UPDATE SKIP LOCKED``, so several relays can run)
+and marks them dispatched, then, once that committed, sends one message per event (the whole
+batch in one Redis pipeline): if sending fails the events go back to pending, and if the relay
+dies in between, the rescue finds their messages missing. Wakes on LISTEN/NOTIFY the moment an
+event commits, and also polls.
 Dispatched events not finished in time are sent again (Redis is a transport, the table is
 the truth).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -73,6 +75,9 @@ class Relay:
         self._listener()
         conn = self._connection()
         batch = self.settings.relay_batch_size
+        messages: list[tuple[str, bytes]] = []
+        ids: list[int] = []
+        message_ids: list[str] = []
         try:
             with conn.transaction():
                 limit = self._limit(conn)
@@ -83,12 +88,13 @@ class Relay:
                         self._q["mark_dispatched"],
                         {"ids": ids, "message_ids": message_ids, "now": now},
                     )
-                    self._send(messages)
         except BaseException:
             # Nothing was claimed: count the room and walk the whole index next time.
             self._room = None
             self._floor = None
             raise
+        if messages:
+            self._send_committed(messages, ids, message_ids)
         self._claimed_since_count += len(rows)
         self._held_back = limit < batch and len(rows) == limit
         if rows:
@@ -105,7 +111,6 @@ class Relay:
     def rescue(self, now: datetime | None = None) -> int:
         """Dispatched events whose message was lost or whose worker died -> pending."""
         self._last_rescue = time.monotonic()
-        self._floor = None  # they come back with an older position than our last batch
         return rescue_stale(self._connection(), self.settings, self.broker.client, now)
 
     def _limit(self, conn: psycopg.Connection[Any]) -> int:
@@ -238,6 +243,29 @@ class Relay:
             "message_id": message_id,
             "message_timestamp": stamp,
         }
+
+    def _send_committed(
+        self, messages: list[tuple[str, bytes]], ids: list[int], message_ids: list[str]
+    ) -> None:
+        """Send the messages of events whose claim committed.
+
+        After the commit, never before: a worker that gets a message must find its event
+        dispatched with that attempt, or it takes the message for a stale copy and drops it
+        (under load a worker could start before the claim committed). When sending fails the
+        events go back to pending (compare-and-set on their message id; those already in
+        Redis become stale copies). If the relay dies in between, their messages are missing
+        and the rescue sends them again after ``redispatch_after_seconds``.
+        """
+        try:
+            self._send(messages)
+        except BaseException:
+            self._room = None
+            self._floor = None
+            with contextlib.suppress(psycopg.Error):
+                self._connection().execute(
+                    self._q["release_unsent"], {"ids": ids, "message_ids": message_ids}
+                )
+            raise
 
     def _waiting_messages(self) -> int:
         """Messages waiting in Redis for a worker (not yet fetched): how far behind they are."""

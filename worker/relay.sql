@@ -46,6 +46,16 @@ FROM unnest(%(ids)b::bigint[], %(message_ids)b::text[]) AS m(id, message_id)
 -- hash join over every pending event was the plan of a freshly truncated table).
 WHERE e.id = m.id AND e.id = ANY(%(ids)b::bigint[]);
 
+-- name: release_unsent
+-- Sending the messages of a committed claim failed: those events back to pending, unless
+-- something moved them on meanwhile (compare-and-set on the message id of the claim). The
+-- attempt number stays: a message that did reach Redis is now a stale copy.
+UPDATE s3outbox.events e
+SET status = 'pending', updated_at = now()
+FROM unnest(%(ids)b::bigint[], %(message_ids)b::text[]) AS m(id, message_id)
+WHERE e.id = m.id AND e.id = ANY(%(ids)b::bigint[])
+  AND e.status = 'dispatched' AND e.message_id = m.message_id;
+
 -- name: next_due_in
 -- Seconds until the next pending event that is not due yet (NULL when none): how long a
 -- relay may sleep. Starts at `now` in the pending index, so it never walks the entries of
