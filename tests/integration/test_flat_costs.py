@@ -160,3 +160,74 @@ def test_the_list_pages_through_live_documents_only(
     assert len(everything.items) == 500
     deleted = outbox.list(conn, owner_id=heavy_deleter, limit=10, status="deleted")
     assert [d.status for d in deleted.items] == ["deleted"] * 10
+
+
+def _done_events(conn: Conn, n: int, topic: str = "purge") -> None:
+    conn.execute(
+        "INSERT INTO s3outbox.events (topic, document_id, status, finished_at)"
+        " SELECT %s, gen_random_uuid(), 'done', now() FROM generate_series(1, %s)",
+        (topic, n),
+    )
+
+
+def test_metric_counts_are_exact_up_to_the_cap(settings: Settings, heavy_deleter: str) -> None:
+    """Below the cap every figure is the exact count, as `s3-outbox status` gives it."""
+    from worker.ops import counts
+
+    status_sql = queries.load("worker.ops", "status.sql")
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        _done_events(conn, 30, "verify")
+        _done_events(conn, 20, "purge")
+        conn.execute(
+            "INSERT INTO s3outbox.events (topic, document_id, status)"
+            " VALUES ('verify', gen_random_uuid(), 'dead'),"
+            " ('expire', gen_random_uuid(), 'pending')"
+        )
+        exact_events = sorted(conn.execute(status_sql["event_counts"]).fetchall())
+        exact_docs = sorted(conn.execute(status_sql["document_counts"]).fetchall())
+        assert sorted(counts.event_counts(conn, cap=100)) == exact_events
+        assert sorted(counts.document_counts(conn, cap=10_000)) == exact_docs
+    assert ("verify", "done", 30) in exact_events and ("deleted", 5000) in exact_docs
+
+
+def test_above_the_cap_a_metric_is_the_planner_estimate_not_a_count(
+    settings: Settings, heavy_deleter: str
+) -> None:
+    """Above the cap, done events are the partial index's reltuples split by the topics'
+    frequencies: 100 more rows inserted after the last ANALYZE do not show (a count would),
+    and documents are reltuples times the state's frequency."""
+    from worker.ops import counts
+
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        _done_events(conn, 300, "verify")
+        _done_events(conn, 100, "purge")
+        conn.execute("ANALYZE s3outbox.events")
+        _done_events(conn, 100, "verify")  # below the autovacuum thresholds: stays unseen
+        conn.execute(
+            "INSERT INTO s3outbox.events (topic, document_id, status)"
+            " VALUES ('verify', gen_random_uuid(), 'dead')"
+        )
+        with conn.transaction():  # one snapshot: the catalog read below is the one used
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            events = {(t, s): n for t, s, n in counts.event_counts(conn, cap=50)}
+            documents = dict(counts.document_counts(conn, cap=50))
+            rows, freq = conn.execute(
+                "SELECT c.reltuples, s.most_common_freqs[array_position("
+                "s.most_common_vals::text::text[], 'deleted')]"
+                " FROM pg_class c, pg_stats s WHERE c.oid = 's3outbox.documents'::regclass"
+                " AND s.schemaname = 's3outbox' AND s.tablename = 'documents'"
+                " AND s.attname = 'status'"
+            ).fetchone() or (0, 0)
+    assert events[("verify", "done")] == 300  # the estimate: the last 100 are not in it
+    assert events[("purge", "done")] == 100
+    assert events[("verify", "dead")] == 1  # exact, always
+    assert documents["deleted"] == max(round(rows * freq), 5000)
+    assert documents["available"] == 60  # below the cap: exact
+
+
+def test_the_help_text_says_which_figures_are_estimates(settings: Settings) -> None:
+    from worker.metrics import OutboxCollector
+
+    helps = {f.name: f.documentation for f in OutboxCollector(settings).collect()}
+    assert "estimate" in helps["s3outbox_events"] and "exact" in helps["s3outbox_events"]
+    assert "estimate" in helps["s3outbox_documents"]
