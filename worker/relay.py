@@ -41,6 +41,9 @@ log = logging.getLogger("s3outbox.relay")
 SPREAD_MESSAGES = 32
 #: How often a relay held back by ``relay_max_in_flight`` looks for room.
 BACK_PRESSURE_POLL_SECONDS = 0.05
+#: Inside a backlog, a walk of the pending index from its start comes at most once per this
+#: many times its own duration (and at least every relay_poll_seconds).
+FULL_PICK_SPACING = 20
 #: A position before every event of the pending index (available_at, id).
 _START = (datetime(1, 1, 1, tzinfo=UTC), 0)
 
@@ -66,6 +69,7 @@ class Relay:
         # pick last walked the index from its start.
         self._floor: tuple[datetime, int] | None = None
         self._last_full_pick = 0.0
+        self._full_pick_took = 0.0
 
     # -- the work ------------------------------------------------------------------------
 
@@ -141,12 +145,15 @@ class Relay:
         while any transaction anywhere holds back the xmin horizon, and walking them made
         every claim slower than the last. Events that became due with an older position
         meanwhile (a transaction that committed late, a rescue) are found when the backlog
-        ends (a short batch walks from the start for the rest) and at least every
-        ``relay_poll_seconds`` during it.
+        ends (a short batch walks from the start for the rest), and during it by a walk from
+        the start every ``relay_poll_seconds`` or, when longer, every ``FULL_PICK_SPACING``
+        times as long as the last such walk took (a held horizon makes it slow: its cost
+        stays a small share of the relay's time).
         """
         floor = self._floor
         started = time.monotonic()
-        if floor is not None and started - self._last_full_pick >= self.settings.relay_poll_seconds:
+        spacing = max(self.settings.relay_poll_seconds, FULL_PICK_SPACING * self._full_pick_took)
+        if floor is not None and started - self._last_full_pick >= spacing:
             floor = None
         params: dict[str, Any] = {"now": now, "limit": limit, "exclude": []}
         after_at, after_id = floor or _START
@@ -155,9 +162,10 @@ class Relay:
         ).fetchall()
         self._floor = None
         if floor is None:
-            self._last_full_pick = started
+            self._full_picked(started)
         elif len(rows) < limit:
             # The backlog ends: the rest of the batch from the start of the index.
+            full = time.monotonic()
             rows += conn.execute(
                 self._q["pick_events"],
                 {
@@ -168,11 +176,16 @@ class Relay:
                     "exclude": [row[0] for row in rows],
                 },
             ).fetchall()
-            self._last_full_pick = started
+            self._full_picked(full)
             return rows
         if rows and len(rows) == limit:
             self._floor = (rows[-1][10], rows[-1][0])
         return rows
+
+    def _full_picked(self, started: float) -> None:
+        """A pick walked the pending index from its start, beginning at ``started``."""
+        self._last_full_pick = started
+        self._full_pick_took = time.monotonic() - started
 
     def _messages(
         self, rows: list[tuple[Any, ...]]
