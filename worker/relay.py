@@ -196,7 +196,7 @@ class Relay:
         One message per event, except in a backlog: verify events with a hint that were never
         rescued are then packed, up to ``relay_events_per_message`` per message. A backlog is
         a batch big enough to still make ``SPREAD_MESSAGES`` messages, or any batch while the
-        workers are behind (that many messages already wait in Redis). A message costs a
+        workers are behind (Redis already holds that many messages for them). A message costs a
         worker more CPU than the verify itself (Dramatiq's fetch, decode, middleware and
         ack); the events of a packed message are still handled one by one, each in its own
         transaction. A rescued event (its message was lost, or its worker died) always
@@ -281,9 +281,12 @@ class Relay:
             raise
 
     def _waiting_messages(self) -> int:
-        """Messages waiting in Redis for a worker (not yet fetched): how far behind they are."""
+        """Messages Redis holds for the workers, waiting or fetched and not acknowledged yet:
+        how far behind they are. The queue's length alone misses what sits in the workers'
+        prefetch buffers (8 per thread: a process takes up to 64 off the queue at once), so
+        a relay that claims each commit's events at once saw no backlog and never packed."""
         broker: Any = self.broker
-        return int(broker.client.llen(f"{broker.namespace}:{self.settings.queue_name}"))
+        return int(broker.client.hlen(f"{broker.namespace}:{self.settings.queue_name}.msgs"))
 
     def _send(self, messages: list[tuple[str, bytes]]) -> None:
         """Send a batch in one Redis pipeline (one round trip, not one per message).
