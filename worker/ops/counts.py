@@ -20,7 +20,7 @@ from outbox import queries
 from outbox.constants import DocumentStatus, EventStatus
 
 #: Above this many rows, a state's figure is an estimate.
-CAP = 10_000
+CAP = 1_000
 
 
 @cache
