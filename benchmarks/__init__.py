@@ -12,6 +12,9 @@ peers (pgqueuer, procrastinate, plain Dramatiq) doing the same job on the same s
 #   limits      part 1, the machine's limits
 #   end_to_end  part 2, s3-outbox end to end
 #   api         part 3, the library's calls in the caller's transaction
+#   relay       part 4, the relay alone: a backlog claimed and handed to Redis
+#   notify      part 5, commits/s with and without the events trigger's NOTIFY
+#   flat        part 6, list, scrape and claims as data grows
 #   enqueue     how each peer's users hand it a job
 #   comparison  part 4, the peers beside s3-outbox
 #   prepare     the schemas every part needs

@@ -8,7 +8,12 @@ of servers.
    latency (p50/p95/p99) at a steady offered load and at saturation (a whole backlog at once).
 3. The API side: request-upload and confirm in the caller's transaction, per second and per
    call, beside a bare single-row INSERT transaction; statements and outbox INSERTs per call.
-4. Peers doing the same verify job on the same servers: pgqueuer, procrastinate, plain Dramatiq.
+4. The relay alone: events/s a backlog is claimed and handed to Redis, 1 and 2 relays.
+5. NOTIFY at commit: commits/s at 8 clients with and without it.
+6. Flat as data grows: a list page with 1M deleted documents, a metrics scrape with 10M
+   done events, the relay's claims while a transaction holds the xmin horizon back.
+7. Peers doing the same verify job on the same servers: pgqueuer, procrastinate, plain
+   Dramatiq, each with boto3's HeadObject in the job and with ours.
 
 Every figure is the median of repeated rounds, with min and max. Times of documents come from
 the database clock (``confirmed_at`` and ``verified_at``), so client and server agree.
@@ -31,9 +36,12 @@ from benchmarks.comparison import peers
 from benchmarks.config import PARTS, BenchConfig, Json
 from benchmarks.context import BenchContext, say
 from benchmarks.end_to_end import end_to_end
+from benchmarks.flat import flat
 from benchmarks.limits import limits
 from benchmarks.measure import machine_info
+from benchmarks.notify import notify
 from benchmarks.prepare import prepare
+from benchmarks.relay import relay
 from benchmarks.servers import bench_servers
 from benchmarks.table import table
 from benchmarks.targets import targets
@@ -42,6 +50,9 @@ from benchmarks.targets import targets
 STEPS: dict[str, Callable[[BenchContext], Json]] = {
     "limits": limits,
     "api": api,
+    "relay": relay,
+    "notify": notify,
+    "flat": flat,
     "end_to_end": end_to_end,
     "peers": peers,
 }

@@ -61,8 +61,10 @@ def peer_rows(ctx: BenchContext, objs: list[Obj]) -> list[str]:
     return ids
 
 
-def start_peer(ctx: BenchContext, peer: str, processes: int) -> Supervisor:
-    children = ctx.children()
+def start_peer(ctx: BenchContext, peer: str, processes: int, head: str = "boto3") -> Supervisor:
+    """The peer's workers; their job's HeadObject is boto3's ``head_object`` (``head``
+    "boto3", as the peer's users write it) or our lean client ("lean")."""
+    children = ctx.children(ctx.settings.model_copy(update={"s3_lean_head": head == "lean"}))
     if peer == "dramatiq":
         children.start(
             "peer-dramatiq",
@@ -94,32 +96,36 @@ def peers(ctx: BenchContext) -> Json:
     """
     cfg = ctx.config
     objs = peer_objects(ctx, max(cfg.peer_size, int(cfg.steady_rate * cfg.steady_seconds)))
-    systems = ("s3-outbox", *PEERS)
-    runs: dict[tuple[str, int], list[Round]] = {}
+    # Each peer with each HeadObject client: boto3's (as its users write the job) and ours.
+    systems = [("s3-outbox", "lean"), *((p, h) for p in PEERS for h in cfg.peer_heads)]
+    runs: dict[tuple[str, str, int], list[Round]] = {}
     for procs in cfg.processes:
         for r in range(cfg.rounds):
-            order = systems[r % len(systems) :] + systems[: r % len(systems)]
-            say(f"peers round {r + 1}/{cfg.rounds}, {procs} process(es): {', '.join(order)}")
-            for system in order:
+            k = r % len(systems)
+            order = systems[k:] + systems[:k]
+            names = ", ".join(f"{p} ({h})" for p, h in order)
+            say(f"peers round {r + 1}/{cfg.rounds}, {procs} process(es): {names}")
+            for system, head in order:
                 one = (
                     _ours_at_peer_size(ctx, procs)
                     if system == "s3-outbox"
-                    else _peer_round(ctx, system, procs, objs)
+                    else _peer_round(ctx, system, procs, objs, head)
                 )
-                runs.setdefault((system, procs), []).append(one)
+                runs.setdefault((system, head, procs), []).append(one)
     out: Json = {"throughput": [], "ours": [], "latency": []}
-    for (system, procs), rounds in runs.items():
+    for (system, head, procs), rounds in runs.items():
         entry: Json = {
             "documents": cfg.peer_size,
             "processes": procs,
             "threads": cfg.threads,
+            "head": head,
             **backlog_figures(rounds),
         }
         if system == "s3-outbox":
             out["ours"].append(entry)
         else:
             out["throughput"].append({"peer": system, **entry})
-        say(f"  {system} {procs}p: {entry['docs_per_s']['median']} docs/s")
+        say(f"  {system} ({head}) {procs}p: {entry['docs_per_s']['median']} docs/s")
     for peer in PEERS:
         out["latency"].append(_peer_steady(ctx, peer, max(cfg.processes), objs))
     return out
@@ -133,9 +139,11 @@ def _ours_at_peer_size(ctx: BenchContext, procs: int) -> Round:
         children.stop_all()
 
 
-def _peer_round(ctx: BenchContext, peer: str, procs: int, objs: list[Obj]) -> Round:
+def _peer_round(
+    ctx: BenchContext, peer: str, procs: int, objs: list[Obj], head: str = "boto3"
+) -> Round:
     """One timed backlog of ``peer_size`` documents on a freshly started peer."""
-    children = start_peer(ctx, peer, procs)
+    children = start_peer(ctx, peer, procs, head)
     send, close = peer_sender(ctx, peer)
     try:
         _peer_warm_up(ctx, send, objs, children)

@@ -7,7 +7,7 @@ from typing import Any
 
 Json = dict[str, Any]
 #: The parts of a run, in order; the targets need all of them.
-PARTS = ("limits", "api", "end_to_end", "peers")
+PARTS = ("limits", "api", "relay", "notify", "flat", "end_to_end", "peers")
 
 CONTENT_TYPE = "application/octet-stream"
 OBJECT_BYTES = 1024
@@ -28,7 +28,20 @@ class BenchConfig:
     steady_rate: float = 100.0
     steady_seconds: float = 10.0
     peer_size: int = 1000
+    #: The peers' HeadObject: boto3's head_object, as their users write the job, and ours.
+    peer_heads: tuple[str, ...] = ("boto3", "lean")
     api_calls: int = 1000
+    #: Relay alone: pending verify events dispatched per round, by 1 and 2 relays.
+    relay_events: int = 100_000
+    relay_counts: tuple[int, ...] = (1, 2)
+    #: Commit throughput with and without NOTIFY: clients, seconds per round.
+    notify_clients: int = 8
+    notify_seconds: float = 3.0
+    #: Flat as data grows: deleted documents of one owner beside an owner with none, done
+    #: events beside an empty table, seconds a transaction holds the xmin horizon back.
+    list_deleted: int = 1_000_000
+    scrape_done: int = 10_000_000
+    xmin_seconds: float = 60.0
     mode: str = "full"
 
     @classmethod
@@ -42,5 +55,10 @@ class BenchConfig:
             steady_seconds=0.6,
             peer_size=40,
             api_calls=50,
+            relay_events=2_000,
+            notify_seconds=0.5,
+            list_deleted=20_000,
+            scrape_done=50_000,
+            xmin_seconds=3.0,
             mode="quick",
         )

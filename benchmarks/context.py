@@ -56,11 +56,11 @@ class BenchContext:
                 sql()["reset_quotas"], {"owner": OWNER, "limit": 1 << 50, "owners": OWNERS}
             )
 
-    def children(self) -> Supervisor:
+    def children(self, settings: Settings | None = None) -> Supervisor:
         """Processes the bench starts (ours or a peer's), logs in the work folder, stopped
-        by PID."""
+        by PID; with ``settings`` (the run's by default) in their environment."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("S3OUTBOX_")}
-        env.update(self.settings.to_env())
+        env.update((settings or self.settings).to_env())
         env["PYTHONPATH"] = str(ROOT)
         env["PYTHONUNBUFFERED"] = "1"
         env["PROMETHEUS_MULTIPROC_DIR"] = str(self.workdir / f"prom-{uuid.uuid4().hex[:8]}")

@@ -73,24 +73,41 @@ def limits(ctx: BenchContext) -> Json:
     key = f"bench-limits/{uuid.uuid4()}"
     upload(ctx, [key], [body()])
     client = make_client(ctx.settings, ctx.settings.s3_endpoint_url)
+    from worker.storage import Storage
 
-    def head_op() -> Callable[[], None]:
-        def op() -> None:
-            client.head_object(Bucket=ctx.settings.s3_bucket, Key=key, ChecksumMode="ENABLED")
+    lean = Storage(ctx.settings, lean_head=True)
+    heads: dict[str, Callable[[], object]] = {
+        # boto3's head_object, as the peers' users write it (and our workers did).
+        "head_object": lambda: client.head_object(
+            Bucket=ctx.settings.s3_bucket, Key=key, ChecksumMode="ENABLED"
+        ),
+        # The workers' lean client (worker/lean_head.py): the server's own ceiling.
+        "lean_head_object": lambda: lean.head_object(key),
+    }
+    for name, call in heads.items():
 
-        return op
+        def head_op(call: Callable[[], object] = call) -> Callable[[], None]:
+            def op() -> None:
+                call()
 
-    for threads in (1, 8):
-        out[f"head_object_per_s_{threads}_threads"] = summary(
-            [_rate(cfg.window_seconds, threads, head_op) for _ in range(cfg.rounds)]
-        )
-    # What one HeadObject costs the calling process (boto3, as the workers use it): the
-    # largest single item of a verify's CPU.
+            return op
+
+        for threads in (1, 8):
+            out[f"{name}_per_s_{threads}_threads"] = summary(
+                [_rate(cfg.window_seconds, threads, head_op) for _ in range(cfg.rounds)]
+            )
+    # What one HeadObject costs the calling process, boto3's and the lean one, alternating:
+    # the largest single item of a verify's CPU.
     calls = max(50, int(cfg.window_seconds * 250))
-    cpu0 = time.process_time()
-    for _ in range(calls):
-        head_op()()
-    out["head_object_cpu_ms_per_call"] = round(1000 * (time.process_time() - cpu0) / calls, 3)
+    spent = {name: 0.0 for name in heads}
+    for _ in range(cfg.rounds):
+        for name, call in heads.items():
+            cpu0 = time.process_time()
+            for _ in range(calls):
+                call()
+            spent[name] += time.process_time() - cpu0
+    for name in heads:
+        out[f"{name}_cpu_ms_per_call"] = round(1000 * spent[name] / (calls * cfg.rounds), 3)
     out["dramatiq_noop_per_s"] = dramatiq_noop(ctx)
     return out
 

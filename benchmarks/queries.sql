@@ -58,3 +58,85 @@ FROM s3bench.docs WHERE id = %(id)s;
 -- name: verify_peer_doc
 UPDATE s3bench.docs SET status = %(status)s, verified_at = now()
 WHERE id = %(id)s AND status = 'uploaded';
+
+-- name: bulk_uploaded_documents
+-- `count` uploaded documents of the bench owners (declared fields, no object behind them):
+-- what verify events of a backlog point at, for the relay's figures.
+INSERT INTO s3outbox.documents (id, owner_id, object_key, filename, content_type,
+                                declared_size, sha256, status, upload_expires_at, confirmed_at)
+SELECT gen_random_uuid(), %(owner)s || '-' || (i %% %(owners)s), %(prefix)s || gen_random_uuid(),
+       'bulk.bin', %(content_type)s, 1024, encode(sha256(uuid_send(gen_random_uuid())), 'hex'),
+       'uploaded', now() + interval '1 hour', now()
+FROM generate_series(1, %(count)s) i;
+
+-- name: bulk_owner_documents
+-- `count` documents of one owner in one state, created one second apart, the newest
+-- `before` seconds before now.
+INSERT INTO s3outbox.documents (id, owner_id, object_key, filename, content_type,
+                                declared_size, sha256, status, upload_expires_at, created_at)
+SELECT gen_random_uuid(), %(owner)s, %(prefix)s || gen_random_uuid(), 'bulk.bin',
+       %(content_type)s, 1024, encode(sha256(uuid_send(gen_random_uuid())), 'hex'),
+       %(status)s, now(), now() - make_interval(secs => %(before)s + i)
+FROM generate_series(1, %(count)s) i;
+
+-- name: bulk_done_events
+-- `count` finished events (a week of retention, as the sweeper keeps them). Their document
+-- ids are in order (the i-th id), so ten million rows go into the document index at its end
+-- instead of at random places: minutes less of setup, the same rows for a scrape.
+INSERT INTO s3outbox.events (topic, document_id, status, attempts, created_at, updated_at,
+                             dispatched_at, finished_at)
+SELECT (ARRAY['verify', 'verify', 'verify', 'purge', 'expire'])[1 + i %% 5],
+       lpad(to_hex(%(first)s + i), 32, '0')::uuid, 'done', 1, t, t, t, t
+FROM generate_series(1, %(count)s) i,
+     LATERAL (SELECT now() - make_interval(secs => (i %% 604800))) AS at(t);
+
+-- name: verify_events_for_documents
+-- A verify event for each uploaded document, `repeat` times over (one statement: one NOTIFY).
+INSERT INTO s3outbox.events (topic, document_id)
+SELECT 'verify', d.id FROM s3outbox.documents d, generate_series(1, %(repeat)s)
+WHERE d.status = 'uploaded';
+
+-- name: pending_events
+SELECT count(*) FROM s3outbox.events WHERE status = 'pending';
+
+-- name: complete_dispatched
+-- Stands in for the workers: the next `limit` dispatched events after id `after` done,
+-- found through the primary key (workers finish events by id, they walk no index of
+-- states); how many, and the last id.
+WITH done AS (
+    UPDATE s3outbox.events SET status = 'done', finished_at = now(), updated_at = now()
+    WHERE id IN (SELECT id FROM s3outbox.events
+                 WHERE id > %(after)s AND status = 'dispatched' ORDER BY id LIMIT %(limit)s)
+    RETURNING id
+)
+SELECT count(*), coalesce(max(id), %(after)s) FROM done;
+
+-- name: truncate_events
+TRUNCATE s3outbox.events;
+
+-- name: notify_event_row
+-- One event, as a confirm inserts it (a transaction of its own).
+INSERT INTO s3outbox.events (topic, document_id) VALUES ('purge', gen_random_uuid());
+
+-- name: disable_notify
+ALTER TABLE s3outbox.events DISABLE TRIGGER events_notify;
+
+-- name: enable_notify
+ALTER TABLE s3outbox.events ENABLE TRIGGER events_notify;
+
+-- name: vacuum_analyze_documents
+VACUUM ANALYZE s3outbox.documents;
+
+-- name: vacuum_analyze_events
+VACUUM ANALYZE s3outbox.events;
+
+-- name: events_dead_tuples
+-- Dead row versions of the outbox table and its size, with the pending index's size.
+SELECT coalesce(s.n_dead_tup, 0)::bigint,
+       pg_total_relation_size('s3outbox.events'::regclass)::bigint,
+       pg_relation_size('s3outbox.events_pending_due'::regclass)::bigint
+FROM pg_stat_user_tables s WHERE s.relid = 's3outbox.events'::regclass;
+
+-- name: hold_xmin
+-- In a REPEATABLE READ transaction: its snapshot holds the xmin horizon back until it ends.
+SELECT count(*) FROM s3outbox.quotas;

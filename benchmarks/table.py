@@ -61,6 +61,61 @@ def _api(api: Json) -> list[str]:
     return lines
 
 
+def _relay(relay: Json) -> list[str]:
+    lines = []
+    for key, fig in relay.items():
+        if not key.startswith("relays_"):
+            continue
+        n = key.split("_", 1)[1]
+        lines += [
+            _row(
+                f"relay alone, {relay['events']} events, {n} relay(s): events/s",
+                _fmt(fig["events_per_s"]),
+            ),
+            _row(
+                f"relay alone, {n} relay(s): CPU cores busy",
+                ", ".join(f"{k} {v}" for k, v in fig["cpu_cores_busy"].items()),
+            ),
+        ]
+    return lines
+
+
+def _notify(n: Json) -> list[str]:
+    c = n["clients"]
+    return [
+        _row(
+            f"commits/s at {c} clients, one event each, with NOTIFY",
+            _fmt(n["commits_per_s_with_notify"]),
+        ),
+        _row(
+            f"commits/s at {c} clients, one event each, without NOTIFY",
+            _fmt(n["commits_per_s_without_notify"]),
+        ),
+        _row("commits with NOTIFY / without", n["with_over_without"]),
+    ]
+
+
+def _flat(f: Json) -> list[str]:
+    li, sc, xm = f["list"], f["scrape"], f["xmin"]
+    return [
+        _row(
+            f"list page ms, owner with {li['deleted']} deleted / with none",
+            f"{li['median_ms_big']} / {li['median_ms_small']} ({li['ratio']}x)",
+        ),
+        _row(
+            f"metrics scrape ms, {sc['done_events']} done events / empty",
+            f"{sc['median_ms_big']} / {sc['median_ms_small']} ({sc['ratio']}x); exact count"
+            f" of every event (the old scrape) {sc['exact_count_ms_big']} ms",
+        ),
+        _row(
+            f"relay claims/s under churn, xmin held {xm['seconds']:g} s / not",
+            f"{xm['with_xmin_held']['claimed_per_s']} / {xm['without']['claimed_per_s']}"
+            f" ({xm['ratio']}x); dead tuples {xm['with_xmin_held']['dead_tuples']} /"
+            f" {xm['without']['dead_tuples']}",
+        ),
+    ]
+
+
 def _end_to_end(e2e: Json) -> list[str]:
     lines = []
     for t in e2e["throughput"]:
@@ -99,7 +154,8 @@ def _peers(peers: Json) -> list[str]:
             ),
         ]
     for t in peers["throughput"]:
-        runs = f"peer {t['peer']} {t['documents']} docs, {t['processes']}p"
+        head = t.get("head", "boto3")
+        runs = f"peer {t['peer']} ({head} HEAD) {t['documents']} docs, {t['processes']}p"
         lines += [
             _row(f"{runs} x {t['threads']}: docs/s", _fmt(t["docs_per_s"])),
             _row(f"{runs}: CPU cores busy", _cpu(t, t["peer"])),
@@ -137,6 +193,9 @@ def table(r: Json) -> str:
     lines = ["| figure | median (min-max) |", "|---|---|"]
     lines += _limits(r["limits"])
     lines += _api(r["api"])
+    lines += _relay(r["relay"])
+    lines += _notify(r["notify"])
+    lines += _flat(r["flat"])
     lines += _end_to_end(r["end_to_end"])
     lines += _peers(r["peers"])
     lines.append("")

@@ -408,13 +408,17 @@ class Outbox(multipart.MultipartCalls):
                 status = DocumentStatus(status)
             except ValueError:
                 raise InvalidInput(f"unknown status {status!r}") from None
+        if after_created is None or after_id is None:
+            after_created, after_id = _BEFORE_ALL  # the first page
+        # Without deleted documents (the usual list), through an index that holds none.
+        live = not include_deleted and status != DocumentStatus.DELETED
+        query = self._q["list_live_documents"] if live else self._q["list_documents"]
         with reading(conn) as cur:
             rows = cur.execute(
-                self._q["list_documents"],
+                query,
                 {
                     "owner_id": owner,
                     "status": status.value if status is not None else None,
-                    "include_deleted": include_deleted,
                     "after_created": after_created,
                     "after_id": after_id,
                     "limit": size + 1,
@@ -512,6 +516,10 @@ def _check_same_declaration(dup: dict[str, Any], size: int, content_type: str) -
             document_id=str(dup["id"]),
             content_type=dup["content_type"],
         )
+
+
+#: The keyset position of a first page: after every document, newest first.
+_BEFORE_ALL = (datetime.max.replace(tzinfo=UTC), UUID(int=(1 << 128) - 1))
 
 
 def _encode_cursor(doc: Document) -> str:

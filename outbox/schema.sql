@@ -63,6 +63,10 @@ CREATE TABLE IF NOT EXISTS s3outbox.documents (
 
 CREATE INDEX IF NOT EXISTS documents_owner_created
     ON s3outbox.documents (owner_id, created_at DESC, id DESC);
+-- An owner's list without deleted documents walks only the others (deleted rows pile up).
+CREATE INDEX IF NOT EXISTS documents_owner_live_created
+    ON s3outbox.documents (owner_id, created_at DESC, id DESC)
+    WHERE status <> 'deleted';
 -- Per-owner de-duplication of live content; the library also serialises an owner's
 -- requests on the quota row, so this index is a backstop, not the mechanism.
 CREATE UNIQUE INDEX IF NOT EXISTS documents_owner_live_sha256
@@ -122,12 +126,28 @@ CREATE INDEX IF NOT EXISTS events_document
 CREATE INDEX IF NOT EXISTS events_dead
     ON s3outbox.events (id) WHERE status = 'dead';
 
+-- The outbox is a queue: every event is updated twice and its older versions are dead at
+-- once. Vacuum it after a fixed number of dead rows, not after a fifth of a table that keeps
+-- days of finished events (the default scale factor), so the partial indexes the relay and
+-- the workers walk stay small.
+ALTER TABLE s3outbox.events SET (
+    autovacuum_vacuum_scale_factor = 0,
+    autovacuum_vacuum_threshold = 10000,
+    autovacuum_vacuum_insert_scale_factor = 0,
+    autovacuum_vacuum_insert_threshold = 100000,
+    autovacuum_analyze_scale_factor = 0,
+    autovacuum_analyze_threshold = 10000
+);
+
 -- Wake relays as soon as the inserting transaction commits (NOTIFY is transactional).
--- Per statement, so a batch insert sends one notification.
+-- Per statement, so a batch insert sends one notification, and only when the statement
+-- inserted rows (the transition table): every NOTIFY takes a cluster-wide lock at commit.
 CREATE OR REPLACE FUNCTION s3outbox.notify_event() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('s3outbox_events', '');
+    IF EXISTS (SELECT 1 FROM inserted_events) THEN
+        PERFORM pg_notify('s3outbox_events', '');
+    END IF;
     RETURN NULL;
 END;
 $$;
@@ -135,6 +155,7 @@ $$;
 DROP TRIGGER IF EXISTS events_notify ON s3outbox.events;
 CREATE TRIGGER events_notify
     AFTER INSERT ON s3outbox.events
+    REFERENCING NEW TABLE AS inserted_events
     FOR EACH STATEMENT EXECUTE FUNCTION s3outbox.notify_event();
 
 -- At most one unfinished purge per orphan key, so repeated or concurrent repairs queue one.
@@ -253,5 +274,6 @@ INSERT INTO s3outbox.schema_migrations (version, name, checksum) VALUES
     (1, 'initial', '373aa8880402e1343d2167329ab4770c8fdff45168e92e29043cbf87c8c11874'),
     (2, 'delivery_guarantees', '8b96e22cc6678d4a1aef0f0196e80ea91b0be649b5ad5c75445bdd16561b5692'),
     (3, 'multipart', '4dfba2ae63ad9226a3fb597d49ccf3be2f25da3e6c00aa3b12865f55671c16a3'),
-    (4, 'validate_multipart_checks', 'd7521fdef37cda0cbc17920f40c4052bc8de313bff0d88a740d24046fa63d47c')
+    (4, 'validate_multipart_checks', 'd7521fdef37cda0cbc17920f40c4052bc8de313bff0d88a740d24046fa63d47c'),
+    (5, 'flat_costs', 'c965da2d54b32239ee63e434badd0cbdf1b3ad4806abec1866ecb357ce100539')
 ON CONFLICT (version) DO NOTHING;

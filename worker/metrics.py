@@ -1,7 +1,8 @@
 """Prometheus metrics. Each process serves them on its own port (127.0.0.1 by default).
 
 Relay and sweeper also export the outbox's state straight from the database at scrape time:
-rows by state and the lag (age of the oldest pending and oldest dispatched event).
+rows by state (estimated above a cap, worker.ops.counts) and the lag (age of the oldest
+pending and oldest dispatched event).
 Dramatiq worker processes run in prometheus_client's multiprocess mode (see worker.actors).
 """
 
@@ -19,6 +20,7 @@ from prometheus_client.registry import REGISTRY, Collector
 
 from outbox import queries
 from outbox.settings import Settings
+from worker.ops import counts
 
 log = logging.getLogger("s3outbox.metrics")
 
@@ -99,10 +101,17 @@ class OutboxCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         events = GaugeMetricFamily(
-            "s3outbox_events", "Outbox events by topic and state.", labels=["topic", "status"]
+            "s3outbox_events",
+            "Outbox events by topic and state. pending, dispatched and dead are exact; done is"
+            f" exact up to {counts.CAP} and above that PostgreSQL's estimate (planner"
+            " statistics, refreshed by VACUUM and ANALYZE).",
+            labels=["topic", "status"],
         )
         documents = GaugeMetricFamily(
-            "s3outbox_documents", "Documents by state.", labels=["status"]
+            "s3outbox_documents",
+            f"Documents by state: exact up to {counts.CAP} per state, above that PostgreSQL's"
+            " estimate (planner statistics, refreshed by VACUUM and ANALYZE).",
+            labels=["status"],
         )
         pending_age = GaugeMetricFamily(
             "s3outbox_oldest_pending_event_age_seconds",
@@ -146,9 +155,11 @@ class OutboxCollector(Collector):
         )
         try:
             with psycopg.connect(self.settings.database_url, connect_timeout=5) as conn:
-                for topic, status, n in conn.execute(self._q["event_counts"]).fetchall():
+                # Estimates above a cap, never a count of every finished row: a scrape must
+                # cost the same with days of retention (counts.py).
+                for topic, status, n in counts.event_counts(conn):
                     events.add_metric([topic, status], n)
-                for status, n in conn.execute(self._q["document_counts"]).fetchall():
+                for status, n in counts.document_counts(conn):
                     documents.add_metric([status], n)
                 lag = conn.execute(self._q["event_lag"]).fetchone()
                 assert lag is not None

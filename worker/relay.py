@@ -1,23 +1,26 @@
 """The relay: outbox table -> Dramatiq queues on Redis.
 
-Claims due pending events in batches (``FOR UPDATE SKIP LOCKED``, so several relays can run),
-sends one message per event (the whole batch in one Redis pipeline), and marks them
-dispatched in the same transaction: if sending fails, the transaction rolls back and the
-events stay pending. Wakes on LISTEN/NOTIFY the moment an event commits, and also polls.
+Claims due pending events in batches (``FOR UPDATE SKIP LOCKED``, so several relays can run)
+and marks them dispatched, then, once that committed, sends one message per event (the whole
+batch in one Redis pipeline): if sending fails the events go back to pending, and if the relay
+dies in between, the rescue finds their messages missing. Wakes on LISTEN/NOTIFY the moment an
+event commits, and also polls.
 Dispatched events not finished in time are sent again (Redis is a transport, the table is
 the truth).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from datetime import datetime
+from collections import Counter
+from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
 
 import psycopg
-from dramatiq import Message
+from dramatiq import get_encoder
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import current_millis
 from psycopg import sql
@@ -38,6 +41,11 @@ log = logging.getLogger("s3outbox.relay")
 SPREAD_MESSAGES = 32
 #: How often a relay held back by ``relay_max_in_flight`` looks for room.
 BACK_PRESSURE_POLL_SECONDS = 0.05
+#: Inside a backlog, a walk of the pending index from its start comes at most once per this
+#: many times its own duration (and at least every relay_poll_seconds).
+FULL_PICK_SPACING = 20
+#: A position before every event of the pending index (available_at, id).
+_START = (datetime(1, 1, 1, tzinfo=UTC), 0)
 
 
 class Relay:
@@ -57,6 +65,15 @@ class Relay:
         # with ``now=`` (tests, simulations) decides when rescues run.
         self._last_rescue: float | None = None
         self._last_rescue_at: datetime | None = None
+        # Back-pressure: the room last counted, and what this relay claimed since.
+        self._room: int | None = None
+        self._claimed_since_count = 0
+        self._held_back = False
+        # Inside a backlog: where the last batch ended in the pending index, and when a
+        # pick last walked the index from its start.
+        self._floor: tuple[datetime, int] | None = None
+        self._last_full_pick = 0.0
+        self._full_pick_took = 0.0
 
     # -- the work ------------------------------------------------------------------------
 
@@ -65,30 +82,35 @@ class Relay:
         # LISTEN before the first claim, so no event committed in between waits for a poll.
         self._listener()
         conn = self._connection()
-        with conn.transaction():
-            rows = conn.execute(
-                self._q["claim_events"],
-                {
-                    "limit": self.settings.relay_batch_size,
-                    "max_in_flight": self.settings.relay_max_in_flight,
-                    "now": now,
-                },
-            ).fetchall()
-            if rows:
-                messages, packed = self._messages(rows)
-                if packed:
-                    # Events packed into one message take that message's id.
-                    ids, message_ids = zip(*packed, strict=True)
+        batch = self.settings.relay_batch_size
+        messages: list[tuple[str, bytes]] = []
+        ids: list[int] = []
+        message_ids: list[str] = []
+        try:
+            with conn.transaction():
+                limit = self._limit(conn)
+                rows = self._pick(conn, limit, now) if limit > 0 else []
+                if rows:
+                    messages, ids, message_ids = self._messages(rows)
                     conn.execute(
-                        self._q["set_message_ids"],
-                        {"ids": list(ids), "message_ids": list(message_ids)},
+                        self._q["mark_dispatched"],
+                        {"ids": ids, "message_ids": message_ids, "now": now},
                     )
-                self._send(messages)
-        for _id, topic, *_ in rows:
-            metrics.EVENTS_DISPATCHED.labels(topic).inc()
-        metrics.RELAY_BATCHES.inc()
+        except BaseException:
+            # Nothing was claimed: count the room and walk the whole index next time.
+            self._room = None
+            self._floor = None
+            raise
+        if messages:
+            self._send_committed(messages, ids, message_ids)
+        self._claimed_since_count += len(rows)
+        self._held_back = limit < batch and len(rows) == limit
         if rows:
+            topics = Counter(row[1] for row in rows)
+            for topic, n in topics.items():
+                metrics.EVENTS_DISPATCHED.labels(topic).inc(n)
             log.debug("dispatched %d events", len(rows))
+        metrics.RELAY_BATCHES.inc()
         self._last_batch = len(rows)
         if self._rescue_due(now):
             self.rescue(now)
@@ -110,15 +132,86 @@ class Relay:
         last = self._last_rescue_at
         return last is None or (now - last).total_seconds() >= interval
 
+    def _limit(self, conn: psycopg.Connection[Any]) -> int:
+        """How many events this batch may claim: the batch size, or less when back-pressure
+        leaves less room (``relay_max_in_flight``).
+
+        Counting what is in flight walks up to ``relay_max_in_flight`` index entries, so it
+        is skipped while this relay has claimed, since its last count, less than a quarter of
+        the room it counted (it counts again before it could claim more): up to four relays
+        side by side then stay within the limit, give or take a batch each, as when every
+        batch counted."""
+        batch = self.settings.relay_batch_size
+        if self._room is None or self._claimed_since_count + batch > self._room // 4:
+            row = conn.execute(
+                self._q["room"], {"max_in_flight": self.settings.relay_max_in_flight}
+            ).fetchone()
+            self._room = int(row[0]) if row else 0
+            self._claimed_since_count = 0
+        return max(0, min(batch, self._room - self._claimed_since_count))
+
+    def _pick(
+        self, conn: psycopg.Connection[Any], limit: int, now: datetime | None
+    ) -> list[tuple[Any, ...]]:
+        """Lock up to ``limit`` due pending events, oldest first.
+
+        Inside a backlog (the last batch was full) the walk starts after the last batch:
+        the index entries before it belong to events already claimed, dead but not removable
+        while any transaction anywhere holds back the xmin horizon, and walking them made
+        every claim slower than the last. Events that became due with an older position
+        meanwhile (a transaction that committed late, a rescue) are found when the backlog
+        ends (a short batch walks from the start for the rest), and during it by a walk from
+        the start every ``relay_poll_seconds`` or, when longer, every ``FULL_PICK_SPACING``
+        times as long as the last such walk took (a held horizon makes it slow: its cost
+        stays a small share of the relay's time).
+        """
+        floor = self._floor
+        started = time.monotonic()
+        spacing = max(self.settings.relay_poll_seconds, FULL_PICK_SPACING * self._full_pick_took)
+        if floor is not None and started - self._last_full_pick >= spacing:
+            floor = None
+        params: dict[str, Any] = {"now": now, "limit": limit, "exclude": []}
+        after_at, after_id = floor or _START
+        rows = conn.execute(
+            self._q["pick_events"], {**params, "after_at": after_at, "after_id": after_id}
+        ).fetchall()
+        self._floor = None
+        if floor is None:
+            self._full_picked(started)
+        elif len(rows) < limit:
+            # The backlog ends: the rest of the batch from the start of the index.
+            full = time.monotonic()
+            rows += conn.execute(
+                self._q["pick_events"],
+                {
+                    **params,
+                    "limit": limit - len(rows),
+                    "after_at": _START[0],
+                    "after_id": _START[1],
+                    "exclude": [row[0] for row in rows],
+                },
+            ).fetchall()
+            self._full_picked(full)
+            return rows
+        if rows and len(rows) == limit:
+            self._floor = (rows[-1][10], rows[-1][0])
+        return rows
+
+    def _full_picked(self, started: float) -> None:
+        """A pick walked the pending index from its start, beginning at ``started``."""
+        self._last_full_pick = started
+        self._full_pick_took = time.monotonic() - started
+
     def _messages(
         self, rows: list[tuple[Any, ...]]
-    ) -> tuple[list[Message[Any]], list[tuple[int, str]]]:
-        """The messages of one claimed batch, and (event id, message id) of each packed event.
+    ) -> tuple[list[tuple[str, bytes]], list[int], list[str]]:
+        """The encoded messages of one claimed batch ``(message id, body)``, and the id of
+        each event with the id of the message that carries it.
 
         One message per event, except in a backlog: verify events with a hint that were never
         rescued are then packed, up to ``relay_events_per_message`` per message. A backlog is
         a batch big enough to still make ``SPREAD_MESSAGES`` messages, or any batch while the
-        workers are behind (that many messages already wait in Redis). A message costs a
+        workers are behind (Redis already holds that many messages for them). A message costs a
         worker more CPU than the verify itself (Dramatiq's fetch, decode, middleware and
         ack); the events of a packed message are still handled one by one, each in its own
         transaction. A rescued event (its message was lost, or its worker died) always
@@ -133,50 +226,84 @@ class Relay:
             if per_message < most and self._waiting_messages() >= SPREAD_MESSAGES:
                 per_message = most
         if per_message == 1:
-            return [self._message(row) for row in rows], []
-        in_packs = {id(r) for r in packable}
-        messages = [self._message(row) for row in rows if id(row) not in in_packs]
-        packed: list[tuple[int, str]] = []
+            packable = []
+        encode = get_encoder().encode
+        stamp = current_millis()
+        messages: list[tuple[str, bytes]] = []
+        ids: list[int] = []
+        message_ids: list[str] = []
+        in_packs = {r[0] for r in packable}
+        for row in rows:
+            if row[0] in in_packs:
+                continue
+            event_id, topic, attempt = row[0], row[1], row[3]
+            kwargs = {"hint": _hint(row)} if topic == Topic.VERIFY and row[5] is not None else {}
+            message_id = str(uuid4())
+            body = self._body(
+                ACTOR_NAMES[Topic(topic)], [event_id, attempt], kwargs, message_id, stamp
+            )
+            messages.append((message_id, encode(body)))
+            ids.append(event_id)
+            message_ids.append(message_id)
         for start in range(0, len(packable), per_message):
             pack = packable[start : start + per_message]
-            items = [[row[0], row[3], _hint(row)] for row in pack]
             message_id = str(uuid4())
-            messages.append(self._new_message(VERIFY_MANY_ACTOR, (items,), {}, message_id))
-            packed.extend((row[0], message_id) for row in pack)
-        return messages, packed
+            items = [[row[0], row[3], _hint(row)] for row in pack]
+            body = self._body(VERIFY_MANY_ACTOR, [items], {}, message_id, stamp)
+            messages.append((message_id, encode(body)))
+            ids.extend(row[0] for row in pack)
+            message_ids.extend([message_id] * len(pack))
+        return messages, ids, message_ids
+
+    def _body(
+        self, actor_name: str, args: list[Any], kwargs: dict[str, Any], message_id: str, stamp: int
+    ) -> dict[str, Any]:
+        """A Dramatiq message as ``Message.asdict`` gives it (what a worker decodes), built
+        without a ``Message`` object per message. ``redis_message_id`` is what
+        ``RedisBroker.enqueue`` adds: the id the claim records on the event (a new one per
+        attempt), so a rescue can ask Redis whether it still holds the message."""
+        return {
+            "queue_name": self.settings.queue_name,
+            "actor_name": actor_name,
+            "args": args,
+            "kwargs": kwargs,
+            "options": {"redis_message_id": message_id},
+            "message_id": message_id,
+            "message_timestamp": stamp,
+        }
+
+    def _send_committed(
+        self, messages: list[tuple[str, bytes]], ids: list[int], message_ids: list[str]
+    ) -> None:
+        """Send the messages of events whose claim committed.
+
+        After the commit, never before: a worker that gets a message must find its event
+        dispatched with that attempt, or it takes the message for a stale copy and drops it
+        (under load a worker could start before the claim committed). When sending fails the
+        events go back to pending (compare-and-set on their message id; those already in
+        Redis become stale copies). If the relay dies in between, their messages are missing
+        and the rescue sends them again after ``redispatch_after_seconds``.
+        """
+        try:
+            self._send(messages)
+        except BaseException:
+            self._room = None
+            self._floor = None
+            with contextlib.suppress(psycopg.Error):
+                self._connection().execute(
+                    self._q["release_unsent"], {"ids": ids, "message_ids": message_ids}
+                )
+            raise
 
     def _waiting_messages(self) -> int:
-        """Messages waiting in Redis for a worker (not yet fetched): how far behind they are."""
+        """Messages Redis holds for the workers, waiting or fetched and not acknowledged yet:
+        how far behind they are. The queue's length alone misses what sits in the workers'
+        prefetch buffers (8 per thread: a process takes up to 64 off the queue at once), so
+        a relay that claims each commit's events at once saw no backlog and never packed."""
         broker: Any = self.broker
-        return int(broker.client.llen(f"{broker.namespace}:{self.settings.queue_name}"))
+        return int(broker.client.hlen(f"{broker.namespace}:{self.settings.queue_name}.msgs"))
 
-    def _message(self, row: tuple[Any, ...]) -> Message[Any]:
-        """The message of one claimed event: (event id, attempt), and for a verify the
-        document's declared fields as a hint (the worker checks them against the database
-        before it changes anything, so a stale or wrong hint costs time, never correctness).
-        """
-        event_id, topic, _document_id, attempt, *_ = row
-        kwargs: dict[str, Any] = {}
-        if topic == Topic.VERIFY and row[5] is not None:
-            kwargs["hint"] = _hint(row)
-        message_id = row[10]
-        return self._new_message(ACTOR_NAMES[Topic(topic)], (event_id, attempt), kwargs, message_id)
-
-    def _new_message(
-        self, actor_name: str, args: tuple[Any, ...], kwargs: dict[str, Any], message_id: str
-    ) -> Message[Any]:
-        # redis_message_id: what RedisBroker.enqueue adds; ours is the one the claim recorded
-        # on the event (a new one per attempt), so a rescue can ask Redis whether it still
-        # holds the message.
-        return Message(
-            queue_name=self.settings.queue_name,
-            actor_name=actor_name,
-            args=args,
-            kwargs=kwargs,
-            options={"redis_message_id": message_id},
-        )
-
-    def _send(self, messages: list[Message[Any]]) -> None:
+    def _send(self, messages: list[tuple[str, bytes]]) -> None:
         """Send a batch in one Redis pipeline (one round trip, not one per message).
 
         Each message is stored exactly as ``RedisBroker.enqueue`` stores it: the broker's
@@ -188,19 +315,20 @@ class Relay:
         broker: Any = self.broker
         dispatch = broker.scripts["dispatch"]
         keys = [broker.namespace]
+        queue = self.settings.queue_name
+        head = [broker.broker_id, broker.heartbeat_timeout, broker.dead_message_ttl]
+        max_unpack = broker._max_unpack_size()
         with broker.client.pipeline(transaction=False) as pipe:
-            for message in messages:
+            for message_id, body in messages:
                 args = [
                     "enqueue",
                     current_millis(),
-                    message.queue_name,
-                    broker.broker_id,
-                    broker.heartbeat_timeout,
-                    broker.dead_message_ttl,
+                    queue,
+                    *head,
                     broker._should_do_maintenance("enqueue"),
-                    broker._max_unpack_size(),
-                    message.options["redis_message_id"],
-                    message.encode(),
+                    max_unpack,
+                    message_id,
+                    body,
                 ]
                 dispatch(keys=keys, args=args, client=pipe)
             pipe.execute(raise_on_error=True)
@@ -216,13 +344,13 @@ class Relay:
         if self._last_batch >= self.settings.relay_batch_size or stop.is_set():
             return
         timeout = self.settings.relay_poll_seconds
+        if self._held_back:
+            # Due events wait for room: finishing workers send no NOTIFY, so look again
+            # soon (a bounded count), not after a whole poll interval.
+            timeout = min(BACK_PRESSURE_POLL_SECONDS, timeout)
         due = self._connection().execute(self._q["next_due_in"], {"now": None}).fetchone()
         if due is not None and due[0] is not None:
             timeout = max(0.0, min(timeout, float(due[0])))
-            if timeout == 0 and due[1] >= self.settings.relay_max_in_flight:
-                # Due events wait for room: finishing workers send no NOTIFY, so look again
-                # soon (a cheap count), not after a whole poll interval.
-                timeout = min(BACK_PRESSURE_POLL_SECONDS, self.settings.relay_poll_seconds)
         if timeout == 0:
             return
         listen = self._listener()
@@ -261,7 +389,7 @@ def _hint(row: tuple[Any, ...]) -> dict[str, Any]:
     """A claimed verify event's document fields, as its message carries them."""
     _id, _topic, document_id, _attempt, trace_id, key, size, sha256, ctype, *_ = row
     return {
-        "document_id": str(document_id),
+        "document_id": document_id,
         "trace_id": trace_id,
         "object_key": key,
         "declared_size": size,

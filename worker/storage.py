@@ -18,6 +18,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from outbox.presign import make_client
 from outbox.settings import Settings
+from worker import lean_head as lean_head_module
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -155,19 +156,51 @@ def unavailable(exc: BaseException) -> str | None:
 
 
 class Storage:
-    """Thin wrapper over one boto3 client for the bucket. Thread-safe."""
+    """Thin wrapper over one boto3 client for the bucket. Thread-safe.
 
-    def __init__(self, settings: Settings, client: S3Client | None = None) -> None:
+    HeadObject, the call of every verify, goes through ``worker.lean_head`` (a third of
+    boto3's CPU per call, same answers), unless ``lean_head`` (default: the setting
+    ``s3_lean_head``) is False, boto3 would use an HTTP proxy from the environment, or a
+    client was given (a test's own)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: S3Client | None = None,
+        *,
+        lean_head: bool | None = None,
+    ) -> None:
         self.settings = settings
         self.bucket = settings.s3_bucket
+        given = client is not None
         self.client: S3Client = client or make_client(settings, settings.s3_endpoint_url)
         # Send If-None-Match: * with CompleteMultipartUpload until the store says it cannot.
         self._if_none_match = True
+        self._lean: lean_head_module.LeanHead | None = None
+        if lean_head is None:
+            lean_head = settings.s3_lean_head
+        if lean_head and not given and lean_head_module.usable(settings):
+            self._lean = lean_head_for(settings, self.client)
+
+    @property
+    def lean(self) -> bool:
+        """Whether HeadObject goes through the lean client."""
+        return self._lean is not None
+
+    def head_object(self, key: str) -> Mapping[str, Any]:
+        """HeadObject with ChecksumMode: boto3's response dict (or the lean client's, same
+        fields). Raises boto3's exceptions."""
+        if self._lean is not None:
+            return self._lean.head_object(key)
+        resp: Mapping[str, Any] = self.client.head_object(
+            Bucket=self.bucket, Key=key, ChecksumMode="ENABLED"
+        )
+        return resp
 
     def head(self, key: str) -> ObjectInfo | None:
         """The object's size, content type and stored SHA-256, or None when it is missing."""
         try:
-            resp = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+            resp = self.head_object(key)
         except ClientError as exc:
             if _is_missing(exc):
                 # A HEAD 404 has no body, so a missing bucket looks like a missing object;
@@ -364,6 +397,21 @@ _NO_UPLOAD_CODES = {"NoSuchUpload", "404", "NotFound"}
 
 def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def lean_head_for(settings: Settings, client: S3Client) -> lean_head_module.LeanHead:
+    """A lean HEAD client that addresses the bucket as ``client`` does: the bucket's URL is
+    read from a URL boto3 signs (path or virtual-host style, whatever it resolved)."""
+    probe = "k"
+    url = client.generate_presigned_url(
+        "head_object", Params={"Bucket": settings.s3_bucket, "Key": probe}, ExpiresIn=60
+    )
+    base = url.split("?", 1)[0]
+    if not base.endswith("/" + probe):
+        raise ValueError(f"unexpected object URL from boto3: {base!r}")
+    return lean_head_module.LeanHead(
+        settings, base[: -len(probe) - 1], max(10, settings.worker_pool_size + 2)
+    )
 
 
 def _is_missing(exc: ClientError) -> bool:

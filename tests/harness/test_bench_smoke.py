@@ -47,10 +47,29 @@ def test_bench_quick_writes_every_figure(tmp_path: Path) -> None:
         "pg_tx_per_s_4_clients",
         "head_object_per_s_1_threads",
         "head_object_per_s_8_threads",
+        "lean_head_object_per_s_1_threads",
+        "lean_head_object_per_s_8_threads",
         "dramatiq_noop_per_s",
     ):
         assert _has_summary(lim[name]), name
     assert lim["head_object_cpu_ms_per_call"] > 0
+    assert lim["lean_head_object_cpu_ms_per_call"] > 0
+
+    relay = r["relay"]
+    for relays in r["config"]["relay_counts"]:
+        assert _has_summary(relay[f"relays_{relays}"]["events_per_s"])
+        assert "relays" in relay[f"relays_{relays}"]["cpu_cores_busy"]
+    notify = r["notify"]
+    assert _has_summary(notify["commits_per_s_with_notify"])
+    assert _has_summary(notify["commits_per_s_without_notify"])
+    assert notify["with_over_without"] > 0
+    flat = r["flat"]
+    for part in ("list", "scrape"):
+        assert {"median_ms_big", "median_ms_small", "ratio"} <= set(flat[part]), part
+    assert flat["scrape"]["exact_count_ms_big"] > 0
+    for phase in ("without", "with_xmin_held"):
+        assert {"claimed_per_s", "dead_tuples"} <= set(flat["xmin"][phase]), phase
+    assert flat["xmin"]["ratio"] > 0
 
     e2e = r["end_to_end"]
     assert {(t["documents"], t["processes"]) for t in e2e["throughput"]} == {
@@ -79,7 +98,11 @@ def test_bench_quick_writes_every_figure(tmp_path: Path) -> None:
     assert api["per_call"]["request_upload"]["document_inserts"] == 1
 
     peers = r["peers"]
-    assert {t["peer"] for t in peers["throughput"]} == {"pgqueuer", "procrastinate", "dramatiq"}
+    assert {(t["peer"], t["head"]) for t in peers["throughput"]} == {
+        (peer, head)
+        for peer in ("pgqueuer", "procrastinate", "dramatiq")
+        for head in r["config"]["peer_heads"]
+    }
     assert {x["peer"] for x in peers["latency"]} == {"pgqueuer", "procrastinate", "dramatiq"}
     assert {t["processes"] for t in peers["ours"]} == set(r["config"]["processes"])
     for t in [*peers["throughput"], *peers["ours"]]:
@@ -93,7 +116,13 @@ def test_bench_quick_writes_every_figure(tmp_path: Path) -> None:
     assert set(r["targets"]) == {
         "e2e_vs_head8",
         "vs_peers",
+        "cpu_ms_per_doc",
         "p99_steady_ms",
         "outbox_inserts_per_call",
         "two_vs_one_process",
+        "relay_events_per_s",
+        "list_deleted_vs_none",
+        "scrape_done_vs_empty",
+        "claims_xmin_held_vs_not",
     }
+    assert "relay alone" in proc.stdout and "xmin held" in proc.stdout

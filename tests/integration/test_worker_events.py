@@ -1050,29 +1050,45 @@ def test_a_missing_bucket_is_postponed_not_a_missing_object(
 
 
 def test_relay_pipeline_stores_messages_as_dramatiq_enqueue(relay: Relay) -> None:
-    """The relay's one-pipeline send stores each message exactly as RedisBroker.enqueue."""
+    """The relay's one-pipeline send stores each message exactly as RedisBroker.enqueue, and
+    the bodies it encodes without Message objects are what Message.encode gives."""
     from dramatiq import Message
+    from dramatiq.common import current_millis
 
     broker: Any = relay.broker
     queue = f"pipeline-test-{uuid.uuid4().hex[:8]}"
     key = f"{broker.namespace}:{queue}"
+    mine = Relay(relay.settings.model_copy(update={"queue_name": queue}), broker)
+    stamp = current_millis()
 
-    def message(i: int, options: dict[str, Any]) -> Message[Any]:
-        return Message(queue_name=queue, actor_name="a", args=(i, 0), kwargs={}, options=options)
+    def message(i: int, options: dict[str, Any], **ids: Any) -> Message[Any]:
+        return Message(
+            queue_name=queue, actor_name="a", args=(i, 0), kwargs={}, options=options, **ids
+        )
 
     try:
         theirs = broker.enqueue(message(0, {}))
-        ours = [message(i, {"redis_message_id": str(uuid.uuid4())}) for i in (1, 2, 3)]
-        relay._send(ours)
-        ids = [i.decode() for i in broker.client.lrange(key, 0, -1)]
-        assert ids == [m.options["redis_message_id"] for m in [theirs, *ours]]
+        ids = [str(uuid.uuid4()) for _ in (1, 2, 3)]
+        bodies = [
+            mine._body("a", [i, 0], {}, mid, stamp) for i, mid in zip((1, 2, 3), ids, strict=True)
+        ]
+        encoded = [Message(**body).encode() for body in bodies]
+        mine._send(list(zip(ids, encoded, strict=True)))
+        for i, (mid, body) in enumerate(zip(ids, encoded, strict=True), 1):
+            expected = message(
+                i, {"redis_message_id": mid}, message_id=mid, message_timestamp=stamp
+            ).encode()
+            assert body == expected
+        queued = [i.decode() for i in broker.client.lrange(key, 0, -1)]
+        assert queued == [theirs.options["redis_message_id"], *ids]
         stored = broker.client.hgetall(f"{key}.msgs")
-        for m in [theirs, *ours]:
-            assert stored[m.options["redis_message_id"].encode()] == m.encode()
-        shape = Message.decode(stored[ids[0].encode()]).asdict()
-        mine = Message.decode(stored[ids[1].encode()]).asdict()
-        assert set(mine) == set(shape)
-        assert set(mine["options"]) == set(shape["options"]) == {"redis_message_id"}
+        assert stored[theirs.options["redis_message_id"].encode()] == theirs.encode()
+        for mid, body in zip(ids, encoded, strict=True):
+            assert stored[mid.encode()] == body
+        shape = Message.decode(stored[queued[0].encode()]).asdict()
+        ours = Message.decode(stored[queued[1].encode()]).asdict()
+        assert set(ours) == set(shape)
+        assert set(ours["options"]) == set(shape["options"]) == {"redis_message_id"}
     finally:
         broker.client.delete(key, f"{key}.msgs")
 

@@ -80,6 +80,10 @@ class BucketWalk:
         q = sql()
         name = self.settings.bucket_walk_cursor
         cursor = conn.execute(q["walk_cursor"], {"name": name, "now": now}).fetchone()
+        if cursor is None:
+            # Another sweeper created the row while this statement ran: its INSERT waited
+            # for that one and did nothing, and its snapshot predates the row. Now it is there.
+            cursor = conn.execute(q["walk_cursor"], {"name": name, "now": now}).fetchone()
         assert cursor is not None
         position, _pass_started, listed_at = cursor
         try:

@@ -7,24 +7,80 @@ SELECT topic, status, count(*)::bigint AS n FROM s3outbox.events GROUP BY topic,
 -- name: document_counts
 SELECT status, count(*)::bigint AS n FROM s3outbox.documents GROUP BY status;
 
+-- name: unfinished_event_counts
+-- The metrics' exact counts: the states that stay small (pending, dispatched, dead) by topic,
+-- each through its partial index, so a scrape never reads the finished events.
+SELECT topic, 'pending' AS status, count(*)::bigint AS n
+FROM s3outbox.events WHERE status = 'pending' GROUP BY topic
+UNION ALL
+SELECT topic, 'dispatched', count(*)::bigint FROM s3outbox.events
+WHERE status = 'dispatched' GROUP BY topic
+UNION ALL
+SELECT topic, 'dead', count(*)::bigint FROM s3outbox.events WHERE status = 'dead' GROUP BY topic;
+
+-- name: done_event_sample
+-- Finished events by topic among at most `cap` + 1 of them: the exact counts while there
+-- are no more than `cap` (the walk is bounded whatever the table holds).
+SELECT topic, count(*)::bigint AS n
+FROM (SELECT topic FROM s3outbox.events WHERE status = 'done' LIMIT %(cap)s + 1) AS sample
+GROUP BY topic;
+
+-- name: done_event_estimate
+-- The planner's estimate of finished events: the entries of the partial index of done events
+-- (pg_class.reltuples, refreshed by VACUUM and ANALYZE; -1 when never measured), and the
+-- topics' frequencies among all events (pg_stats; none before the first ANALYZE).
+-- `column`: the events' topic column.
+SELECT i.reltuples::float8 AS total, f.topic, f.freq::float8 AS freq
+FROM pg_class i
+LEFT JOIN (
+    SELECT v.topic, v.freq
+    FROM pg_stats s
+    JOIN pg_class t ON t.oid = 's3outbox.events'::regclass AND s.tablename = t.relname
+    CROSS JOIN LATERAL unnest(s.most_common_vals::text::text[], s.most_common_freqs)
+        AS v(topic, freq)
+    WHERE s.schemaname = 's3outbox' AND s.attname = %(column)s
+) f ON true
+WHERE i.oid = 's3outbox.events_done_age'::regclass;
+
+-- name: document_counts_capped
+-- Documents of each state, counted exactly up to `cap` + 1 (a bounded walk of the status
+-- index per state, whatever the table holds).
+SELECT s.status,
+       (SELECT count(*) FROM (SELECT 1 FROM s3outbox.documents d
+                              WHERE d.status = s.status LIMIT %(cap)s + 1) AS x)::bigint AS n
+FROM unnest(%(statuses)s::text[]) AS s(status);
+
+-- name: document_estimates
+-- The planner's estimate of documents by state: the table's rows (pg_class.reltuples) times
+-- each state's frequency (pg_stats; none before the first ANALYZE). `column`: the documents'
+-- status column.
+SELECT v.status, (greatest(c.reltuples, 0) * v.freq)::float8 AS estimate
+FROM pg_class c
+JOIN pg_stats s ON s.schemaname = 's3outbox' AND s.tablename = c.relname
+CROSS JOIN LATERAL unnest(s.most_common_vals::text::text[], s.most_common_freqs)
+    AS v(status, freq)
+WHERE c.oid = 's3outbox.documents'::regclass AND s.attname = %(column)s;
+
 -- name: event_lag
 -- How far behind we are: the age of the oldest due pending event (the relay's lag), of the
 -- oldest dispatched one, and, since its creation, of the oldest event in flight (a message
 -- sent again keeps its age), plus the oldest confirmed document not verified yet (the
--- workers' lag as users see it). Dispatched events are few (relay_max_in_flight) and the
--- unverified document is one entry of a partial index: cheap at any table size.
+-- workers' lag as users see it). Each is the first entry of a partial index (dispatched events
+-- are few: relay_max_in_flight), so it is cheap at any table size, finished events included.
 SELECT
-    coalesce(extract(epoch FROM now() - min(available_at) FILTER (
-        WHERE status = 'pending' AND available_at <= now())), 0)::float8 AS oldest_pending_seconds,
-    coalesce(extract(epoch FROM now() - min(dispatched_at) FILTER (
-        WHERE status = 'dispatched')), 0)::float8 AS oldest_dispatched_seconds,
-    coalesce(extract(epoch FROM now() - min(created_at) FILTER (
-        WHERE status = 'dispatched')), 0)::float8 AS oldest_in_flight_seconds,
+    coalesce((SELECT extract(epoch FROM now() - min(e.available_at))
+              FROM s3outbox.events e
+              WHERE e.status = 'pending' AND e.available_at <= now()), 0)::float8
+        AS oldest_pending_seconds,
+    coalesce((SELECT extract(epoch FROM now() - min(e.dispatched_at))
+              FROM s3outbox.events e WHERE e.status = 'dispatched'), 0)::float8
+        AS oldest_dispatched_seconds,
+    coalesce((SELECT extract(epoch FROM now() - min(e.created_at))
+              FROM s3outbox.events e WHERE e.status = 'dispatched'), 0)::float8
+        AS oldest_in_flight_seconds,
     coalesce((SELECT extract(epoch FROM now() - min(d.confirmed_at))
               FROM s3outbox.documents d WHERE d.status = 'uploaded'), 0)::float8
-        AS oldest_unverified_seconds
-FROM s3outbox.events
-WHERE status IN ('pending', 'dispatched');
+        AS oldest_unverified_seconds;
 
 -- name: lag_by_topic
 -- Per topic: age of the oldest due pending event and of the oldest dispatched one.

@@ -1,0 +1,196 @@
+"""The workers' lean HeadObject (worker/lean_head.py) answers as boto3's head_object does, on
+the real storage server: the same ObjectInfo for an object with and without a stored
+checksum and with foreign metadata, None for a missing key, the same errors (403 with wrong
+credentials, a missing bucket, storage unreachable) and boto3's standard-mode retries."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.server
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError
+from pydantic import SecretStr
+
+from outbox import Settings
+from worker.storage import BucketMissing, Storage, unavailable
+
+BODY = b"%PDF-1.7\n" + bytes(range(256)) * 4
+
+
+def _b64_sha256(data: bytes) -> str:
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+@pytest.fixture
+def both(settings: Settings) -> tuple[Storage, Storage]:
+    lean, boto = Storage(settings), Storage(settings, lean_head=False)
+    assert lean.lean and not boto.lean
+    return lean, boto
+
+
+def _put(storage: Storage, key: str, **extra: Any) -> None:
+    storage.client.put_object(
+        Bucket=storage.bucket, Key=key, Body=BODY, ContentType="application/pdf", **extra
+    )
+
+
+def test_lean_is_the_default_and_boto3_when_asked_or_given_a_client(settings: Settings) -> None:
+    assert Storage(settings).lean
+    assert not Storage(settings.model_copy(update={"s3_lean_head": False})).lean
+    assert not Storage(settings, Storage(settings).client).lean
+
+
+def test_an_object_with_its_checksum_reads_the_same(both: tuple[Storage, Storage]) -> None:
+    lean, boto = both
+    key = f"{lean.settings.key_prefix}{uuid.uuid4()}"
+    _put(lean, key, ChecksumSHA256=_b64_sha256(BODY))
+    info = lean.head(key)
+    assert info is not None
+    assert (info.size, info.content_type, info.sha256_b64) == (
+        len(BODY),
+        "application/pdf",
+        _b64_sha256(BODY),
+    )
+    assert info.foreign_metadata == ()
+    assert info == boto.head(key)
+
+
+def test_an_object_without_a_stored_checksum_has_none(both: tuple[Storage, Storage]) -> None:
+    lean, boto = both
+    key = f"{lean.settings.key_prefix}{uuid.uuid4()}"
+    _put(lean, key)
+    info = lean.head(key)
+    assert info is not None and info.sha256_b64 is None and info.size == len(BODY)
+    assert info == boto.head(key)
+
+
+def test_foreign_metadata_is_seen_as_boto3_sees_it(both: tuple[Storage, Storage]) -> None:
+    lean, boto = both
+    key = f"{lean.settings.key_prefix}{uuid.uuid4()}"
+    _put(
+        lean,
+        key,
+        ChecksumSHA256=_b64_sha256(BODY),
+        ContentEncoding="gzip",
+        CacheControl="max-age=60",
+        ContentDisposition="inline",
+        ContentLanguage="de",
+        Expires="Wed, 21 Oct 2037 07:28:00 GMT",
+        WebsiteRedirectLocation="/elsewhere",
+        Metadata={"Origin": "uploader"},
+    )
+    info = lean.head(key)
+    assert info is not None
+    headers = dict(info.foreign_metadata)
+    assert headers["Content-Encoding"] == "gzip"
+    assert headers["Cache-Control"] == "max-age=60"
+    assert headers["Content-Disposition"] == "inline"
+    assert headers["Content-Language"] == "de"
+    assert "2037" in headers["Expires"]
+    assert headers["x-amz-meta-origin"] == "uploader"
+    assert info == boto.head(key)
+
+
+def test_a_missing_key_and_an_odd_key_read_the_same(both: tuple[Storage, Storage]) -> None:
+    lean, boto = both
+    prefix = lean.settings.key_prefix
+    assert lean.head(f"{prefix}{uuid.uuid4()}") is None
+    odd = f"{prefix}a b+c/ü~%20?x=1#y"
+    assert lean.head(odd) is None
+    _put(lean, odd)
+    info = lean.head(odd)
+    assert info is not None and info.size == len(BODY)
+    assert info == boto.head(odd)
+
+
+def test_wrong_credentials_answer_a_403_that_is_unavailability(settings: Settings) -> None:
+    wrong = settings.model_copy(update={"s3_secret_access_key": SecretStr("not-the-secret")})
+    errors = []
+    for storage in (Storage(wrong), Storage(wrong, lean_head=False)):
+        with pytest.raises(ClientError) as caught:
+            storage.head(f"{settings.key_prefix}{uuid.uuid4()}")
+        errors.append(caught.value)
+    lean, boto = errors
+    assert lean.response["Error"]["Code"] == boto.response["Error"]["Code"] == "403"
+    assert lean.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    assert lean.operation_name == boto.operation_name == "HeadObject"
+    assert unavailable(lean) == unavailable(boto) == "access_denied"
+
+
+def test_a_missing_bucket_is_not_a_missing_object(settings: Settings) -> None:
+    gone = settings.model_copy(update={"s3_bucket": f"no-such-{uuid.uuid4().hex[:12]}"})
+    for storage in (Storage(gone), Storage(gone, lean_head=False)):
+        with pytest.raises(BucketMissing) as caught:
+            storage.head(f"{settings.key_prefix}{uuid.uuid4()}")
+        assert unavailable(caught.value) == "bucket_missing"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_unreachable_storage_is_a_connection_error(settings: Settings) -> None:
+    down = settings.model_copy(update={"s3_endpoint_url": f"http://127.0.0.1:{_free_port()}"})
+    storage = Storage(down)
+    assert storage.lean
+    with pytest.raises(EndpointConnectionError) as caught:
+        storage.head("k")
+    assert unavailable(caught.value) == "connection"
+
+
+@pytest.fixture
+def answering() -> Iterator[Callable[[int], tuple[str, list[str]]]]:
+    """A local HTTP server that answers every request with one status: its URL, and the
+    methods of the requests it got (what a client sent, and how often)."""
+    servers: list[http.server.HTTPServer] = []
+
+    def start(status: int) -> tuple[str, list[str]]:
+        seen: list[str] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_HEAD(self) -> None:
+                seen.append(self.command)
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        servers.append(server)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{server.server_address[1]}", seen
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(("status", "attempts"), [(503, 3), (500, 3), (400, 1), (404, 1)])
+def test_retries_are_boto3_standard_mode(
+    settings: Settings,
+    answering: Callable[[int], tuple[str, list[str]]],
+    status: int,
+    attempts: int,
+) -> None:
+    """5xx answers are tried 3 times in all, as boto3's standard mode does; others once."""
+    url, seen = answering(status)
+    storage = Storage(settings.model_copy(update={"s3_endpoint_url": url}))
+    assert storage.lean
+    with pytest.raises(ClientError) as caught:
+        storage.head_object("k")
+    assert caught.value.response["Error"]["Code"] == str(status)
+    assert len(seen) == attempts
+    expected = "server_error" if status >= 500 else None
+    assert unavailable(caught.value) == expected
