@@ -159,7 +159,7 @@ def check_invariants(
     """
     if client is None:
         client = judge_client(settings)
-    elif not hasattr(client, "head_object"):
+    elif not all(hasattr(client, m) for m in ("head_object", "get_paginator", "list_parts")):
         raise TypeError(f"check_invariants takes a boto3 S3 client, not {type(client).__name__}")
     q = queries.load("harness", "invariants.sql")
     report = InvariantReport()

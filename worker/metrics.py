@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -206,15 +207,26 @@ def serve(settings: Settings, port: int, *, with_database: bool) -> Any:
 
 def serve_multiprocess(settings: Settings, port: int) -> None:
     """Serve the metrics of all Dramatiq worker processes (multiprocess mode). Blocks."""
-    from wsgiref.simple_server import make_server
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
 
     from prometheus_client import multiprocess
     from prometheus_client.exposition import make_wsgi_app
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            """No access log line per scrape."""
 
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(  # type: ignore[no-untyped-call]
         registry, path=os.environ["PROMETHEUS_MULTIPROC_DIR"]
     )
-    httpd = make_server(settings.metrics_host, port, make_wsgi_app(registry))
+    httpd = make_server(
+        settings.metrics_host, port, make_wsgi_app(registry), handler_class=QuietHandler
+    )
     log.info("worker metrics on http://%s:%d/metrics", settings.metrics_host, port)
-    httpd.serve_forever()
+    # Requests are served in a thread, and the main thread only waits: Dramatiq's SIGTERM
+    # handler (sys.exit) then ends the process here, never inside a request being served
+    # (that printed a traceback of a half-written response at every shutdown).
+    thread = threading.Thread(target=httpd.serve_forever, name="metrics", daemon=True)
+    thread.start()
+    thread.join()

@@ -31,6 +31,7 @@
 #   client     one client thread's web app calls and uploads (Client, Counters)
 #   slow_put   a PUT whose body goes out piece by piece (SlowPut)
 #   state      what the client threads share (ChaosRun)
+#   multipart  the multipart scenario: parts over HTTP, a lying client, delete/abandon midway
 #   scenarios  what a client does with one item, by scenario
 #   load       the client threads
 #   system     servers and settings of the run

@@ -4,6 +4,7 @@ across PostgreSQL restarts, and uploads over HTTP straight to storage."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import threading
 import time
 import uuid
@@ -17,7 +18,7 @@ import requests
 
 from harness.chaos.items import Item
 from outbox import DocumentStatus, Outbox, queries
-from outbox.models import UploadTicket
+from outbox.models import PartTicket, UploadTicket
 
 T = TypeVar("T")
 
@@ -105,6 +106,36 @@ class Client:
             ),
         )
 
+    def request_multipart(self, item: Item, size: int) -> UploadTicket:
+        """request_upload of a file above the multipart threshold (no whole-file SHA-256)."""
+        return self.tx(
+            "request_upload",
+            lambda c: self.outbox.request_upload(
+                c,
+                owner_id=item.owner,
+                filename=f"chaos file {item.index}.bin",
+                content_type=item.content_type,
+                size=size,
+            ),
+        )
+
+    def part_url(self, owner: str, doc_id: uuid.UUID, number: int, data: bytes) -> PartTicket:
+        digest = hashlib.sha256(data).hexdigest()
+        return self.tx(
+            "part_url",
+            lambda c: self.outbox.part_url(
+                c, owner_id=owner, document_id=doc_id, part_number=number, sha256=digest
+            ),
+        )
+
+    def report_part(self, owner: str, doc_id: uuid.UUID, number: int, etag: str) -> None:
+        self.tx(
+            "report_part",
+            lambda c: self.outbox.report_part(
+                c, owner_id=owner, document_id=doc_id, part_number=number, etag=etag
+            ),
+        )
+
     def confirm(self, item: Item, doc_id: uuid.UUID) -> None:
         self.tx(
             "confirm",
@@ -157,21 +188,25 @@ class Client:
     def put(
         self, ticket: UploadTicket, body: bytes, extra_headers: dict[str, str] | None = None
     ) -> None:
-        """PUT as a browser does; storage is not behind the fault proxy, but retry a refused
-        or broken PUT anyway (the URL may be reused until it expires). ``extra_headers``:
-        unsigned headers a hostile uploader adds to the signed ones."""
+        """PUT as a browser does. ``extra_headers``: unsigned headers a hostile uploader adds
+        to the signed ones."""
         assert ticket.url is not None
-        headers = {k: v for k, v in ticket.headers.items() if k != "Content-Length"}
-        headers.update(extra_headers or {})
+        self.put_url(ticket.url, {**ticket.headers, **(extra_headers or {})}, body)
+
+    def put_url(self, url: str, headers: dict[str, str], body: bytes) -> str:
+        """PUT ``body`` to a presigned URL with its signed headers (Content-Length comes from
+        the body); returns the ETag. Storage is not behind the fault proxy, but a refused or
+        broken PUT is retried anyway (the URL may be reused until it expires)."""
+        sent = {k: v for k, v in headers.items() if k.lower() != "content-length"}
         last = ""
         for attempt in range(6):
             try:
-                resp = self.http.put(ticket.url, data=body, headers=headers, timeout=30)
+                resp = self.http.put(url, data=body, headers=sent, timeout=60)
             except requests.RequestException as exc:
                 last = repr(exc)
             else:
                 if resp.status_code == 200:
-                    return
+                    return str(resp.headers.get("ETag", ""))
                 last = f"HTTP {resp.status_code}: {resp.text[:200]}"
             self.counters.inc("put_retries")
             time.sleep(0.2 * 2**attempt)  # retry backoff

@@ -32,6 +32,10 @@ class Scenario(StrEnum):
     # db_lock_timeout_seconds: the verify attempts fail on the lock timeout and are retried
     # -> available.
     QUOTA_HELD = "quota_held"
+    # A file above the multipart threshold, uploaded in parts (harness/chaos/multipart.py):
+    # complete -> available; a part reported but never sent -> rejected; deleted or left
+    # midway -> deleted or expired; every upload in progress aborted in the end.
+    MULTIPART = "multipart"
 
 
 EXPECTED: dict[Scenario, DocumentStatus] = {
@@ -46,10 +50,11 @@ EXPECTED: dict[Scenario, DocumentStatus] = {
     Scenario.SLOW_UPLOAD: DocumentStatus.EXPIRED,
     Scenario.EXTRA_HEADERS: DocumentStatus.REJECTED,
     Scenario.QUOTA_HELD: DocumentStatus.AVAILABLE,
+    Scenario.MULTIPART: DocumentStatus.AVAILABLE,  # the variant decides (multipart.py)
 }
 
 DEFAULT_SHARES: dict[str, float] = {
-    Scenario.NORMAL: 0.33,
+    Scenario.NORMAL: 0.315,
     Scenario.DELETE_AFTER: 0.08,
     Scenario.DELETE_IN_FLIGHT: 0.10,
     Scenario.DUPLICATE: 0.08,
@@ -60,6 +65,7 @@ DEFAULT_SHARES: dict[str, float] = {
     Scenario.SLOW_UPLOAD: 0.02,
     Scenario.EXTRA_HEADERS: 0.03,
     Scenario.QUOTA_HELD: 0.02,
+    Scenario.MULTIPART: 0.015,
 }
 
 #: Faults the scheduler injects (storage faults are the proxy's): their default weights.

@@ -66,7 +66,9 @@ def make_item(config: ChaosConfig, index: int) -> Item:
     body = f"chaos {config.seed} item {index}\n".encode() + rng.randbytes(size)
     content_type = rng.choice(_CONTENT_TYPES)
     variant = rng.randrange(3)
-    if scenario == Scenario.EXTRA_HEADERS and variant == 0:
+    if scenario == Scenario.MULTIPART:
+        body = b""  # megabytes: drawn when played (harness/chaos/multipart.py)
+    elif scenario == Scenario.EXTRA_HEADERS and variant == 0:
         # Declared, signed and uploaded as gzip bytes, with Content-Encoding: gzip added.
         body = gzip.compress(body, mtime=0)
         content_type = "application/octet-stream"

@@ -9,6 +9,7 @@ from typing import Any
 from harness.chaos.client import Client
 from harness.chaos.config import EXPECTED, Scenario
 from harness.chaos.items import Item, ItemResult
+from harness.chaos.multipart import do_multipart
 from harness.chaos.slow_put import SlowPut
 from harness.chaos.state import ChaosRun
 from outbox import DocumentStatus, InvalidState, QuotaExceeded
@@ -109,6 +110,9 @@ def slow_upload(run: ChaosRun, ticket: UploadTicket, body: bytes, result: ItemRe
 def do_item(run: ChaosRun, client: Client, tamper: Any, item: Item, result: ItemResult) -> None:
     """Play ``item``'s scenario; ``result`` gets its document and what it must end as."""
     counters = run.counters
+    if item.scenario == Scenario.MULTIPART:
+        do_multipart(run, client, item, result)
+        return
     expected = EXPECTED[item.scenario]
     try:
         expires_in = (

@@ -9,7 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from harness.chaos.config import ChaosConfig
+from harness.chaos.multipart import PART_BYTES
 from outbox import Settings
+from outbox.settings import MIB
 from worker.embedded import EmbeddedStack
 from worker.servers import servers, settings_from
 from worker.supervisor import Supervisor
@@ -53,7 +55,10 @@ def run_settings(base: Settings, config: ChaosConfig, token: str) -> Settings:
             "relay_metrics_port": 0,
             "sweeper_metrics_port": 0,
             "worker_metrics_port": 0,
-            "max_upload_bytes": max(config.max_size * 2, 1024 * 1024),
+            # Single PUTs are small; the multipart scenario's files are in 5 MiB parts.
+            "max_upload_bytes": 16 * MIB,
+            "multipart_threshold_bytes": PART_BYTES,
+            "multipart_part_size_bytes": PART_BYTES,
         }
     )
 

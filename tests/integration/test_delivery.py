@@ -183,18 +183,29 @@ def test_a_web_request_holding_the_quota_row_fails_the_attempt_instead_of_blocki
 def test_a_message_that_arrives_before_the_relays_commit_is_handled(
     outbox: Outbox, conn: Conn, settings: Settings, processor: EventProcessor
 ) -> None:
-    """The relay sends a batch, then commits its claim: a fast worker can start the attempt
-    in between. It waits for the claim's commit and handles the event (before, it judged
+    """A worker that starts an attempt while the claim of its event is still uncommitted
+    (the relay sends only after its commit, but a message of an earlier claim of the same
+    attempt can arrive, say) waits for that commit and handles the event (before, it judged
     the row by a snapshot that still said pending, skipped it, and the event waited for a
     rescue)."""
     from outbox import queries
 
     ticket = upload(outbox, conn, "alice", body_of(1900))
-    claim = queries.load("worker", "relay.sql")["claim_events"]
+    q = queries.load("worker", "relay.sql")
     with psycopg.connect(settings.database_url) as relay_tx:
         ((event_id, _topic, _doc, attempt, *_),) = relay_tx.execute(
-            claim, {"limit": 10, "max_in_flight": 100, "now": None}
+            q["pick_events"],
+            {
+                "limit": 10,
+                "now": None,
+                "after_at": "-infinity",
+                "after_id": 0,
+                "exclude": [],
+            },
         ).fetchall()
+        relay_tx.execute(
+            q["mark_dispatched"], {"ids": [event_id], "message_ids": ["m-1"], "now": None}
+        )
         run = Background(lambda: processor.process(event_id, attempt))
         wait_blocked(settings, "%FROM s3outbox.events WHERE id = ANY%FOR UPDATE%")
         relay_tx.commit()

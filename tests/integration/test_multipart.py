@@ -12,6 +12,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import dramatiq
 import psycopg
 import pytest
 import requests
@@ -154,7 +155,8 @@ def test_the_relay_sends_no_hint_for_a_multipart_verify(
     original = relay._send
     relay._send = lambda messages: (sent.extend(messages), original(messages))  # type: ignore[method-assign]
     assert relay.run_once() == 1
-    [message] = sent
+    [(_message_id, body)] = sent
+    message = dramatiq.Message.decode(body)
     assert message.actor_name == "s3outbox_verify" and message.kwargs == {}
 
 

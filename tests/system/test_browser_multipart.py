@@ -441,6 +441,8 @@ def test_a_failed_part_is_sent_again_and_a_failing_one_can_be_retried(
     page.unroute(part_url)
     sent.clear()
     item.locator("button.retry").click()
+    # The item leaves "failed" first (else the wait below would take the old status).
+    expect(item.locator(".status")).not_to_have_text("failed", timeout=30_000)
     assert wait_available(item, processes, settings) == doc_id
     assert sent == Counter({2: 1})  # parts 1 and 3 were reported: hashed again, not sent
     assert (
