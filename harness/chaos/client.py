@@ -92,7 +92,11 @@ class Client:
                         conn.rollback()
                 raise
 
-    def request(self, item: Item, expires_in: int | None = None) -> UploadTicket:
+    def request(
+        self, item: Item, expires_in: int | None = None, *, multipart_size: int | None = None
+    ) -> UploadTicket:
+        """request_upload of the item; with ``multipart_size``, of a file that large above the
+        multipart threshold (no whole-file SHA-256: each part carries its own)."""
         return self.tx(
             "request_upload",
             lambda c: self.outbox.request_upload(
@@ -100,22 +104,9 @@ class Client:
                 owner_id=item.owner,
                 filename=f"chaos file {item.index}.bin",
                 content_type=item.content_type,
-                size=len(item.body),
-                sha256=item.sha256,
+                size=len(item.body) if multipart_size is None else multipart_size,
+                sha256=item.sha256 if multipart_size is None else None,
                 expires_in=expires_in,
-            ),
-        )
-
-    def request_multipart(self, item: Item, size: int) -> UploadTicket:
-        """request_upload of a file above the multipart threshold (no whole-file SHA-256)."""
-        return self.tx(
-            "request_upload",
-            lambda c: self.outbox.request_upload(
-                c,
-                owner_id=item.owner,
-                filename=f"chaos file {item.index}.bin",
-                content_type=item.content_type,
-                size=size,
             ),
         )
 

@@ -61,7 +61,7 @@ def do_multipart(run: ChaosRun, client: Client, item: Item, result: ItemResult) 
     counters = run.counters
     body = body_of(run, item)
     try:
-        ticket = client.request_multipart(item, len(body))
+        ticket = client.request(item, multipart_size=len(body))
     except QuotaExceeded:
         counters.inc("quota_refusals")
         result.note = "quota refused"
