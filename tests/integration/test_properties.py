@@ -218,7 +218,8 @@ class World:
         self.storage.disarm()
         with psycopg.connect(self.settings.database_url, autocommit=True) as c:
             c.execute(
-                "TRUNCATE s3outbox.events, s3outbox.documents, s3outbox.quotas RESTART IDENTITY"
+                "TRUNCATE s3outbox.events, s3outbox.documents, s3outbox.quotas, s3outbox.blobs"
+                " RESTART IDENTITY"
             )
         paginator = self.storage.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(
