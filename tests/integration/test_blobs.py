@@ -24,7 +24,7 @@ import psycopg
 import pytest
 import requests
 
-from harness.invariants import check_invariants, judge_client
+from harness.invariants import CheckName, check_invariants, judge_client
 from outbox import DocumentStatus, Outbox, QuotaExceeded, Settings
 from outbox.constants import BlobStatus, Topic
 from tests.support.core import InlineWorker, dispatched_events, put
@@ -40,12 +40,17 @@ from tests.support.worker import (
     query,
     quota_row,
     request,
+    s3_client,
     upload,
     wait_blocked,
 )
 from worker.events import EventProcessor, Outcome
 from worker.events.dedup import move_documents
 from worker.events.lifecycle import sql as event_sql
+from worker.metrics import OutboxCollector
+from worker.ops.quota_audit import audit_quotas
+from worker.ops.quota_audit import format_report as format_audit
+from worker.ops.reconcile import reconcile
 from worker.pool import make_pool, transaction
 from worker.relay import Relay
 from worker.storage import Storage
@@ -558,3 +563,88 @@ def _race(
         assert not thread.is_alive()
     assert not errors, errors
     return tickets
+
+
+# -- repairs and metrics -------------------------------------------------------------------
+
+
+def _three_documents_on_one_blob(
+    outbox: Outbox, conn: Conn, inline_worker: InlineWorker, body: bytes
+) -> tuple[list[Any], str]:
+    """alice's upload, alice's second name for it, and bob's copy moved onto it by the dedup:
+    three available documents, two owners, one blob. Returns (their ids, the key)."""
+    first = upload(outbox, conn, "alice", body, filename="a.pdf").document
+    inline_worker.drain()
+    second = request(outbox, conn, "alice", body, filename="b.pdf").document
+    bob = upload(outbox, conn, "bob", body, filename="c.pdf").document
+    inline_worker.drain()
+    return [first.id, second.id, bob.id], first.object_key
+
+
+def test_reconcile_rejects_every_document_of_a_broken_shared_blob(
+    outbox: Outbox, conn: Conn, settings: Settings, inline_worker: InlineWorker
+) -> None:
+    """The one object of three documents (two owners) is overwritten behind our back: all
+    three serve it, so all three are broken; --apply rejects each, releases each owner's
+    charge, and the blob goes (purged by their purges). A second --apply does nothing."""
+    body = body_of(2200)
+    ids, key = _three_documents_on_one_blob(outbox, conn, inline_worker, body)
+    assert {doc_row(settings, i)["object_key"] for i in ids} == {key}
+    s3_client(settings).put_object(Bucket=settings.s3_bucket, Key=key, Body=b"not that")
+
+    dry = reconcile(settings, apply=False, horizon=3600)
+    assert dry.broken_count == 3 and {b.document_id for b in dry.broken} == set(ids)
+    assert {b.action for b in dry.broken} == {"would reject, release 2200 bytes, queue a purge"}
+    assert (dry.to_repair, dry.repaired) == (3, 0)
+
+    applied = reconcile(settings, apply=True, horizon=3600)
+    assert (applied.documents_rejected, applied.bytes_released) == (3, 3 * 2200)
+    assert {doc_row(settings, i)["status"] for i in ids} == {DocumentStatus.REJECTED}
+    assert used_reserved(settings, "alice") == (0, 0) and used_reserved(settings, "bob") == (0, 0)
+    assert blob_status(settings, key) == BlobStatus.DELETING
+    inline_worker.drain()
+    assert blob_status(settings, key) == BlobStatus.DELETED and not blob_exists(settings, key)
+    assert reconcile(settings, apply=True, horizon=3600).clean
+    judge_ok(settings)
+
+
+def test_an_orphan_purge_retires_a_blob_left_live_without_documents(
+    outbox: Outbox, conn: Conn, settings: Settings, inline_worker: InlineWorker
+) -> None:
+    """Drift: a blob still verified although its only document is gone (rows changed by
+    hand). Its object is an orphan: reconcile queues a purge of the key, which moves the blob
+    to deleting under its lock, then deletes the object."""
+    body = body_of(900)
+    doc = upload(outbox, conn, "alice", body).document
+    inline_worker.drain()
+    query(
+        settings,
+        "UPDATE s3outbox.documents SET status = 'deleted', charged_bytes = 0 WHERE id = %s",
+        (doc.id,),
+    )
+    query(settings, "UPDATE s3outbox.quotas SET used_bytes = 0 WHERE owner_id = 'alice'")
+    report = check_invariants(settings, judge_client(settings), settled=False)
+    assert report.failed() == {CheckName.BLOBS}
+    applied = reconcile(settings, apply=True, horizon=0)
+    assert [o.key for o in applied.orphans] == [doc.object_key]
+    inline_worker.drain()
+    assert blob_status(settings, doc.object_key) == BlobStatus.DELETED
+    assert not blob_exists(settings, doc.object_key)
+    judge_ok(settings)
+
+
+def test_quota_audit_and_metrics_show_what_sharing_saves(
+    outbox: Outbox, conn: Conn, settings: Settings, inline_worker: InlineWorker
+) -> None:
+    body = body_of(3000)
+    _three_documents_on_one_blob(outbox, conn, inline_worker, body)
+    audit = audit_quotas(settings)
+    assert audit.clean
+    assert (audit.blobs, audit.stored_bytes, audit.charged_bytes) == (1, 3000, 9000)
+    assert "shared blobs save 6000" in format_audit(audit)
+
+    families = {f.name: f for f in OutboxCollector(settings).collect()}
+    blobs = {s.labels["status"]: s.value for s in families["s3outbox_blobs"].samples}
+    assert blobs == {"uploading": 0, "verified": 1, "deleting": 0, "deleted": 1}  # bob's copy
+    stored = {s.labels["kind"]: s.value for s in families["s3outbox_storage_bytes"].samples}
+    assert stored == {"stored": 3000, "charged": 9000}

@@ -97,3 +97,15 @@ SELECT position, pass_started_at, last_pass_finished_at, last_pass_seconds,
            ::float8 AS last_pass_age_seconds
 FROM s3outbox.maintenance_cursors
 WHERE name = %(name)s;
+
+-- name: blob_counts
+-- Blobs (stored objects) by state (issue 12).
+SELECT status, count(*)::bigint AS n FROM s3outbox.blobs GROUP BY status;
+
+-- name: storage_bytes
+-- What storage holds against what owners are charged: the bytes of verified blobs (each
+-- stored once) and the sum of the documents' charges (each document pays its size); the
+-- difference is what sharing blobs saves.
+SELECT coalesce((SELECT sum(size) FROM s3outbox.blobs WHERE status = 'verified'), 0)::bigint
+           AS stored_bytes,
+       coalesce((SELECT sum(used_bytes) FROM s3outbox.quotas), 0)::bigint AS charged_bytes;
