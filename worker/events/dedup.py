@@ -2,7 +2,8 @@
 verified while another verified blob held the same SHA-256 and size (``dedup_across_owners``).
 
 The documents of the new blob move to the kept one (the earliest verified blob of that
-content, so every duplicate moves to the same one and nothing moves back), the new blob goes
+content, by verification time, then creation, then key: one total order, so every duplicate
+moves to the same one and nothing moves back), the new blob goes
 ``deleting`` and a purge of its key is queued, all in one transaction. Nothing is revealed to
 anyone: the owner uploaded the bytes, and a document that shares a blob serves its own name
 and type. Invariant 1 holds for every moved document: it references a verified blob whose

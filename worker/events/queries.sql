@@ -285,20 +285,22 @@ RETURNING e.id;
 
 -- name: dedup_target
 -- Across owners: the verified blob a blob's documents move to, if any: of the same SHA-256 and
--- size, verified before it (the earliest, by verification time then key: every blob of one
--- content moves to the same one, and never back), and referenced by a live document.
+-- size, verified before it (the earliest, by verification time, then creation, then key: a
+-- total order, so every blob of one content moves to the same one, and never back; the
+-- creation time before the random key, so blobs verified at one instant move the same way
+-- every time), and referenced by a live document.
 SELECT o.object_key
 FROM s3outbox.blobs o
 JOIN s3outbox.blobs b ON b.object_key = %(key)s
 WHERE o.sha256 = b.sha256 AND o.size = b.size AND o.status = 'verified'
   AND b.status = 'verified'
-  AND (o.verified_at, o.object_key) < (b.verified_at, b.object_key)
+  AND (o.verified_at, o.created_at, o.object_key) < (b.verified_at, b.created_at, b.object_key)
   AND EXISTS (
       SELECT 1 FROM s3outbox.documents d
       WHERE d.object_key = o.object_key
         AND d.status IN ('pending', 'uploaded', 'waiting', 'available')
   )
-ORDER BY o.verified_at, o.object_key
+ORDER BY o.verified_at, o.created_at, o.object_key
 LIMIT 1;
 
 -- name: lock_live_documents_of_blob
