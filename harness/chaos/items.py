@@ -35,6 +35,9 @@ class ItemResult:
     document_id: uuid.UUID | None = None
     expected: DocumentStatus | None = None
     note: str = ""
+    #: A second document of the item (a shared-content scenario makes two): checked like the
+    #: first, not counted as an item.
+    extra: bool = False
 
 
 def make_items(config: ChaosConfig) -> list[Item]:

@@ -114,7 +114,7 @@ def run_chaos(
         faults.update({f"storage_{k}": v for k, v in proxy.faults().items()})
         result.faults = faults
         result.clients = dict(sorted(run.counters.c.items()))
-        result.scenarios = dict(Counter(r.item.scenario.value for r in run.results))
+        result.scenarios = dict(Counter(r.item.scenario.value for r in run.results if not r.extra))
         result.errors = run.errors + scheduler.errors
     result.elapsed_seconds = time.monotonic() - t0
     if own_dir and not config.keep_data and result.ok:

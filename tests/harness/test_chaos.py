@@ -75,7 +75,7 @@ def test_small_chaos_run_breaks_no_invariant(embedded_stack: EmbeddedStack, clea
     for kind in FAULT_KINDS:
         assert result.faults.get(f"storage_{kind}", 0) >= 1, f"storage {kind} never\n{detail}"
     # And the load did what it says: every scenario ran, some requests hit the quota.
-    assert len(result.scenarios) == 8, detail
+    assert len(result.scenarios) == 9, detail
     assert result.clients.get("quota_refusals", 0) >= 1, detail
     assert sum(result.report.documents.values()) >= 60, detail
     result_line = next(line for line in table.splitlines() if line.startswith("RESULT"))
