@@ -363,6 +363,29 @@ def test_dedup_across_owners_can_be_turned_off(
         pool.close()
 
 
+def test_copies_verified_at_one_instant_move_to_the_blob_created_first(
+    outbox: Outbox, conn: Conn, settings: Settings, relay: Relay, processor: EventProcessor
+) -> None:
+    """The kept blob of a content is the earliest by verification time, then creation, then
+    key: two owners' copies verified at one instant (one clock for both verifies) end on the
+    blob created first, whichever key sorts first. (Keys are random UUIDs: when the key broke
+    the tie, about half the runs kept both objects.)"""
+    body = body_of(900)
+    alice = upload(outbox, conn, "alice", body).document
+    bob = upload(outbox, conn, "bob", body, filename="copy.txt", content_type="text/plain").document
+    instant = after(db_now(settings), 1)
+    drain_at(settings, relay, processor, instant)
+
+    first, second = blob_row(settings, alice.object_key), blob_row(settings, bob.object_key)
+    assert first["verified_at"] == second["verified_at"] == instant
+    assert first["created_at"] < second["created_at"]
+    assert doc_row(settings, bob.id)["object_key"] == alice.object_key
+    assert second["status"] == BlobStatus.DELETED
+    assert not blob_exists(settings, bob.object_key)
+    assert doc_row(settings, bob.id)["status"] == DocumentStatus.AVAILABLE
+    judge_ok(settings)
+
+
 # -- the last reference's delete against new references ----------------------------------
 
 
