@@ -4,7 +4,7 @@
 SELECT to_regclass(%(name)s);
 
 -- name: reset_tables
-TRUNCATE s3outbox.events, s3outbox.documents, s3outbox.quotas, s3bench.docs;
+TRUNCATE s3outbox.events, s3outbox.documents, s3outbox.blobs, s3outbox.quotas, s3bench.docs;
 
 -- name: reset_quotas
 -- Owners <owner>-0 .. <owner>-<owners>, with a limit that never refuses.

@@ -3,6 +3,13 @@
 Used by tests, the chaos harness and operators. ``settled=True`` adds the checks that only
 hold once the system is quiet (no event left unfinished, no orphan object or multipart upload
 in progress that no document is uploading, nothing waiting).
+
+Stated for documents and blobs (issue 12): a document references a blob (a stored object);
+a blob is live (uploading, verified) exactly while a live document references it; every
+available document's blob is verified and its object matches the document's declared size
+and SHA-256 and the type the blob was uploaded with; no object without a live reference
+beyond the horizon; quota = the sum of the documents' charges (each document pays its size,
+however many share the bytes).
 Invariants 2 (download URLs) and 6 (idempotence) are properties of calls, not of state: tests
 prove them; here their consequences show up as quota drift or bad charges.
 
@@ -18,7 +25,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -32,7 +38,6 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from outbox import queries
-from outbox.constants import LIVE_STATUSES
 from outbox.settings import Settings
 
 if TYPE_CHECKING:
@@ -41,10 +46,7 @@ if TYPE_CHECKING:
 # A canonical UUID as ``str(uuid.UUID(...))`` spells it: lower-case, 8-4-4-4-12.
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _PAGE = 1000
-_LIVE = frozenset(s.value for s in LIVE_STATUSES)
 _UPLOAD_MARKERS = (("KeyMarker", "NextKeyMarker"), ("UploadIdMarker", "NextUploadIdMarker"))
-# The states in which a document may hold a multipart upload in progress.
-_UPLOADING = frozenset({"pending", "uploaded"})
 # HeadObject fields that change how a client treats the response, which the service never
 # sets on an upload (it signs Content-Type only): invariant 1, "no response-affecting
 # metadata that the service did not set".
@@ -64,8 +66,9 @@ class CheckName(StrEnum):
 
     QUOTA = "4 quota: 0 <= used, used + reserved <= limit, used = sum of charges"
     CHARGES = "1/4 charges only on verified documents, reservations only on unverified ones"
-    KEYS = "8 object keys are server-made: prefix + the document's own UUID"
-    OBJECTS = "1/3 every available document's object exists and matches"
+    KEYS = "8 object keys are server-made: prefix + the UUID of the document that uploaded it"
+    BLOBS = "1/3/7 a blob is live exactly while a live document references it"
+    OBJECTS = "1/3 every available document's blob object exists and matches"
     METADATA = "1 no available object carries response-affecting metadata"
     EVENTS = "5 every due event ended done or dead"
     WAITING = "5 no document left waiting (uploaded, deleting, expired pending)"
@@ -195,51 +198,56 @@ def check_invariants(
             ],
         )
 
-        # 8 from the database: each document's key is the prefix + its own id, nothing else.
+        # 8 from the database: each blob's key is the prefix + the id of the document that
+        # uploaded it; a document uploading a blob holds its own id's key.
+        prefix = {"prefix": settings.key_prefix}
         bad_keys = [
+            f"blob {key!r} ({status}): not the prefix + the id of a document"
+            for key, status in conn.execute(q["invariant_blob_keys"], prefix).fetchall()
+        ] + [
             f"document {doc_id} ({status}): key {key!r} is not {settings.key_prefix}{doc_id}"
-            for doc_id, status, key in conn.execute(
-                q["invariant_foreign_keys"], {"prefix": settings.key_prefix}
-            ).fetchall()
+            " or names no blob"
+            for doc_id, status, key in conn.execute(q["invariant_document_keys"], prefix)
         ]
+        # 1, 3 and 7 from the database: blobs live exactly while live documents reference them.
+        report.add(CheckName.BLOBS, _blob_problems(conn, q))
         # 8 and 7 (and 3 from the other side): walk the bucket page by page.
         orphans: list[str] = []
         for keys in _listed_keys(client, settings):
             report.objects_listed += len(keys)
-            rows: dict[str, str] = dict(
-                conn.execute(q["invariant_documents_by_keys"], {"keys": keys}).fetchall()
-            )
+            live = {r[0] for r in conn.execute(q["invariant_live_keys"], {"keys": keys})}
             for key in keys:
                 if not _CANONICAL_UUID.fullmatch(key[len(settings.key_prefix) :]):
                     bad_keys.append(f"object {key!r} is not the prefix + a lower-case UUID")
-                if rows.get(key, "") not in _LIVE:
+                if key not in live:
                     orphans.append(key)
         report.orphan_objects = orphans
         report.add(CheckName.KEYS, bad_keys)
 
-        # 1 + 3: every available document's object is there and matches.
+        # 1 + 3: every available document's blob object is there and matches.
         problems: list[str] = []
         metadata: list[str] = []
         if verify_objects:
-            after = uuid.UUID(int=0)
+            after = ""
             while True:
                 page_rows = conn.execute(
-                    q["invariant_available_page"], {"after": after, "limit": _PAGE}
+                    q["invariant_verified_blob_page"], {"after": after, "limit": _PAGE}
                 ).fetchall()
-                for doc_id, key, size, sha, ctype, part_count, digests in page_rows:
+                for key, size, sha, ctype, docs, part_count, digests in page_rows:
+                    who = f"available document{'s' if len(docs) > 1 else ''} {', '.join(docs)}"
                     head = _head(client, settings.s3_bucket, key)
                     if head is None:
-                        problems.append(f"available document {doc_id}: object {key} missing")
+                        problems.append(f"{who}: object {key} missing")
                         continue
-                    if part_count is None:
+                    if sha is not None:
                         why = _mismatch(client, settings.s3_bucket, key, head, size, sha, ctype)
                     else:
                         why = _multipart_mismatch(key, head, size, ctype, part_count, digests)
                     if why:
-                        problems.append(f"available document {doc_id}: {why}")
+                        problems.append(f"{who}: {why}")
                     extra = {f: head[f] for f in _RESPONSE_METADATA if head.get(f)}
                     if extra:
-                        metadata.append(f"available document {doc_id}: {key} carries {extra}")
+                        metadata.append(f"{who}: {key} carries {extra}")
                 if len(page_rows) < _PAGE:
                     break
                 after = page_rows[-1][0]
@@ -257,10 +265,40 @@ def check_invariants(
                 ],
             )
             waiting = conn.execute(q["invariant_unsettled_documents"], {"now": now}).fetchall()
-            report.add(CheckName.WAITING, [f"document {i} is {s}" for i, s in waiting])
+            purging = conn.execute(q["invariant_blobs_deleting"]).fetchall()
+            report.add(
+                CheckName.WAITING,
+                [f"document {i} is {s}" for i, s in waiting]
+                + [f"blob {key} is deleting" for (key,) in purging],
+            )
             report.add(CheckName.ORPHANS, orphans)
             report.add(CheckName.UPLOADS, _unheld_uploads(conn, q, client, settings))
     return report
+
+
+def _blob_problems(conn: psycopg.Connection[Any], q: dict[str, str]) -> list[str]:
+    """Blobs live without a live reference or referenced while not live, documents on a blob
+    in the wrong state, and documents that declare other content than their blob's."""
+    problems = [
+        f"blob {key} is {status} with {live} live documents referencing it"
+        for key, status, live in conn.execute(q["invariant_blob_liveness"]).fetchall()
+    ]
+    problems += [
+        f"document {doc_id} is {status} on blob {key} ({blob_status}"
+        + (", no document uploading it" if status == "waiting" and not uploading else "")
+        + ")"
+        for doc_id, status, key, blob_status, uploading in conn.execute(
+            q["invariant_documents_on_wrong_blobs"]
+        ).fetchall()
+    ]
+    problems += [
+        f"document {doc_id} declares {size} bytes, SHA-256 {sha}; its blob {key} holds"
+        f" {blob_size} bytes, {blob_sha}"
+        for doc_id, size, sha, key, blob_size, blob_sha in conn.execute(
+            q["invariant_documents_unlike_blobs"]
+        ).fetchall()
+    ]
+    return problems
 
 
 def _listed_keys(client: S3Client, settings: Settings) -> Iterator[list[str]]:
@@ -383,8 +421,8 @@ def _unheld_uploads(
         }
         for key, upload_id in uploads:
             row = rows.get(key)
-            if row is None or row[1] not in _UPLOADING or row[2] != upload_id:
-                status = "no row" if row is None else f"document {row[1]}"
+            if row is None or upload_id not in (row[1] or []):
+                status = "no row" if row is None else f"documents {', '.join(sorted(row[2]))}"
                 found.append(f"upload {upload_id} of {key} ({status})")
         following = {
             name: str(resp[field])

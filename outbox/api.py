@@ -14,8 +14,8 @@ from uuid import UUID
 
 import psycopg
 
-from outbox import multipart, validation
-from outbox.constants import DocumentStatus
+from outbox import blobs, multipart, validation
+from outbox.constants import UPLOADING_STATUSES, BlobStatus, DocumentStatus
 from outbox.db import atomic, library_queries, reading
 from outbox.errors import (
     InvalidInput,
@@ -73,14 +73,31 @@ class Outbox(multipart.MultipartCalls):
         """Reserve ``size`` bytes of the owner's quota and return a presigned PUT, or, above
         ``multipart_threshold_bytes``, a multipart plan.
 
-        **Single PUT** (``sha256`` required). The document's ``upload_expires_at`` is the
+        **Single PUT** (``sha256`` required). A new document and a new blob (its object, at
+        a server-made key) with a presigned PUT. The document's ``upload_expires_at`` is the
         URL's real expiry: the instant it was signed (this process's clock) + its TTL;
-        ``now`` (tests) stands for that instant. The same content (SHA-256) already uploaded
-        or available for this owner returns that document and no URL; the same content
-        still pending returns the same document with a fresh URL and no second reservation.
-        A fresh URL never reaches past the document's creation + ``upload_url_max_ttl_seconds``
-        (it is signed for what remains of that, at most ``expires_in``), and never shortens
-        the document's expiry.
+        ``now`` (tests) stands for that instant.
+
+        **The same owner's content** (SHA-256 and size) is stored once, and every request
+        keeps its own document (filename, type, id); ``deduplicated`` is then True:
+
+        - the same request again (same filename, content type and size: a retry) of a
+          document still uploading or waiting returns that document: with a fresh URL and no
+          second reservation while it is pending, without a URL after its confirm. A fresh
+          URL never reaches past the document's creation + ``upload_url_max_ttl_seconds``
+          (it is signed for what remains of that, at most ``expires_in``), and never
+          shortens the document's expiry;
+        - the content verified (a live document of the owner references its verified blob):
+          a new document that references that blob, ``available`` in this transaction and
+          charged its size; no URL;
+        - the content still being uploaded by another document of the owner: a new document
+          ``waiting`` on that blob (reserved, no URL); it becomes ``available`` (charged) in
+          the transaction that verifies the blob, or ``rejected`` (reservation released) if
+          the upload is rejected, expires, or its document is deleted first.
+
+        Another owner's content is never looked at here: their request uploads its own copy
+        (no one learns that a file exists by asking), which a worker may de-duplicate once
+        it is verified (``dedup_across_owners``).
 
         **Multipart** (``size`` above ``multipart_threshold_bytes``; no ``sha256``: each
         part's is sent with ``part_url``). A new document every time (no de-duplication: the
@@ -101,8 +118,7 @@ class Outbox(multipart.MultipartCalls):
             UnsupportedContentType (415): malformed or not allowed content type.
             FileTooLarge (413): size above ``max_upload_bytes``.
             QuotaExceeded (413): used + reserved + size > limit; carries the figures.
-            InvalidState (409): the same content is pending with another content type.
-            UploadWindowClosed (409): the same content is pending, with less than
+            UploadWindowClosed (409): a retry of a pending upload, with less than
                 ``expires_in`` (or ``REFRESH_MIN_SECONDS``, if smaller) left of its upload
                 window; carries ``expires_at`` and ``retry_after``.
         """
@@ -150,59 +166,117 @@ class Outbox(multipart.MultipartCalls):
                 return UploadTicket(
                     document=doc, url=None, headers={}, expires_at=None, multipart=plan
                 )
-            dup = cur.execute(
-                self._q["find_live_duplicate"], {"owner_id": owner, "sha256": digest}
-            ).fetchone()
-            if dup is not None:
-                _check_same_declaration(dup, nbytes, ctype)
-            if dup is not None and dup["status"] != DocumentStatus.PENDING:
-                doc = Document.from_row(dup)
-                with log_context(trace_id=trace, document_id=doc.id):
-                    log.info("upload deduplicated", extra={"status": doc.status.value})
-                return UploadTicket(
-                    document=doc, url=None, headers={}, expires_at=None, deduplicated=True
-                )
-            # Signed before the row is written (local HMAC work, after the quota lock was
-            # granted): the expiry stored is the URL's own, however long the lock took.
-            if dup is not None:
-                signed = self._sign_refresh(Document.from_row(dup), ttl, now)
-                row = cur.execute(
-                    self._q["refresh_pending_upload"],
-                    {"id": dup["id"], "expires_at": signed.expires_at, "now": now},
-                ).fetchone()
-                deduplicated = True
-            else:
+            found = cur.execute(
+                self._q["find_owner_content"], {"owner_id": owner, "sha256": digest}
+            ).fetchall()
+            for row in found:
+                _check_same_size(row, nbytes)
+            params = {
+                "id": doc_id,
+                "owner_id": owner,
+                "object_key": key,
+                "filename": name,
+                "content_type": ctype,
+                "size": nbytes,
+                "sha256": digest,
+                "trace_id": trace,
+                "now": now,
+            }
+            ticket = self._same_content(cur, found, params, quota, ttl, now)
+            if ticket is None:
+                # Signed before the row is written (local HMAC work, after the quota lock
+                # was granted): the expiry stored is the URL's own, however long it took.
                 signed = self._sign(key, ctype, nbytes, digest, ttl, now)
                 row = cur.execute(
                     self._q["reserve_and_insert_document"],
-                    {
-                        "id": doc_id,
-                        "owner_id": owner,
-                        "object_key": key,
-                        "filename": name,
-                        "content_type": ctype,
-                        "size": nbytes,
-                        "sha256": digest,
-                        "expires_at": signed.expires_at,
-                        "trace_id": trace,
-                        "now": now,
-                    },
+                    {**params, "expires_at": signed.expires_at},
                 ).fetchone()
-                deduplicated = False
                 if row is None:
                     raise _quota_exceeded(quota, nbytes)
-            if row is None:  # cannot happen: the duplicate is locked (kept for safety)
-                raise InvalidState("the pending upload changed meanwhile: ask again")
-        doc = Document.from_row(row)
+                ticket = UploadTicket(
+                    document=Document.from_row(row),
+                    url=signed.url,
+                    headers=signed.headers,
+                    expires_at=signed.expires_at,
+                )
+        doc = ticket.document
         with log_context(trace_id=trace, document_id=doc.id):
-            log.info("upload requested", extra={"size": doc.declared_size})
-        return UploadTicket(
-            document=doc,
-            url=signed.url,
-            headers=signed.headers,
-            expires_at=signed.expires_at,  # this URL's; the document's may be later
-            deduplicated=deduplicated,
+            if ticket.deduplicated:
+                log.info("upload deduplicated", extra={"status": doc.status.value})
+            else:
+                log.info("upload requested", extra={"size": doc.declared_size})
+        return ticket
+
+    def _same_content(
+        self,
+        cur: psycopg.Cursor[dict[str, Any]],
+        found: list[dict[str, Any]],
+        params: dict[str, Any],
+        quota: dict[str, Any],
+        ttl: int,
+        now: datetime | None,
+    ) -> UploadTicket | None:
+        """The owner already has live documents of this content (``found``, locked): the
+        ticket that answers the request, or None when it needs an upload of its own.
+
+        The same request again (same filename, type and size: a retry) gets its document
+        back, with a fresh URL while it is pending. Otherwise, a verified blob is shared by a
+        new document, available and charged at once; a blob still being uploaded is waited
+        on by a new document, reserved. The blob is locked for the new reference and its
+        state required (``blobs.lock_for_reference``): a blob that went ``deleting``
+        meanwhile gives nothing, and the request uploads anew.
+
+        Raises:
+            QuotaExceeded: the new document does not fit the quota.
+            UploadWindowClosed: a retry of a pending upload whose window is closing.
+        """
+        asked = (params["filename"], params["content_type"])
+        retry = next(
+            (
+                r
+                for r in found
+                if r["status"] in _RETRYABLE and (r["filename"], r["content_type"]) == asked
+            ),
+            None,
         )
+        if retry is not None:
+            doc = Document.from_row(retry)
+            if doc.status != DocumentStatus.PENDING:
+                return UploadTicket(
+                    document=doc, url=None, headers={}, expires_at=None, deduplicated=True
+                )
+            signed = self._sign_refresh(doc, ttl, now)
+            row = cur.execute(
+                self._q["refresh_pending_upload"],
+                {"id": doc.id, "expires_at": signed.expires_at, "now": now},
+            ).fetchone()
+            if row is None:  # cannot happen: the document is locked (kept for safety)
+                raise InvalidState("the pending upload changed meanwhile: ask again")
+            return UploadTicket(
+                document=Document.from_row(row),
+                url=signed.url,
+                headers=signed.headers,
+                expires_at=signed.expires_at,  # this URL's; the document's may be later
+                deduplicated=True,
+            )
+        for wanted, query in (
+            (BlobStatus.VERIFIED, self._q["share_verified_blob"]),
+            (BlobStatus.UPLOADING, self._q["reserve_and_insert_waiting"]),
+        ):
+            holder = next((r for r in found if r["blob_status"] == wanted), None)
+            if holder is None or not blobs.lock_for_reference(cur, holder["object_key"], wanted):
+                continue
+            row = cur.execute(query, {**params, "object_key": holder["object_key"]}).fetchone()
+            if row is None:
+                raise _quota_exceeded(quota, params["size"])
+            return UploadTicket(
+                document=Document.from_row(row),
+                url=None,
+                headers={},
+                expires_at=None,
+                deduplicated=True,
+            )
+        return None
 
     def _sign(
         self, key: str, ctype: str, size: int, sha256: str, ttl: int, now: datetime | None
@@ -260,7 +334,9 @@ class Outbox(multipart.MultipartCalls):
     ) -> Document:
         """The client says the upload finished: ``pending -> uploaded`` and a verify event.
         A multipart document is confirmed only once every part was reported
-        (``report_part``). Confirming twice is harmless (returns the document as it is).
+        (``report_part``). Confirming twice is harmless (returns the document as it is), and
+        so is confirming a document that had nothing to upload (``waiting`` or
+        ``available`` from the start: the same owner's content).
 
         Raises:
             InvalidInput (400): bad owner id or document id.
@@ -286,7 +362,7 @@ class Outbox(multipart.MultipartCalls):
                     multipart.check_all_reported(cur, doc)
                     row = cur.execute(self._q["confirm_document"], params).fetchone()
                     assert row is not None  # locked, pending, every part reported
-                elif doc.status in (DocumentStatus.UPLOADED, DocumentStatus.AVAILABLE):
+                elif doc.status in _CONFIRMED:
                     return doc
                 else:
                     raise InvalidState(
@@ -307,8 +383,12 @@ class Outbox(multipart.MultipartCalls):
         now: datetime | None = None,
         trace_id: str | None = None,
     ) -> Document:
-        """Delete a document: ``deleting`` plus a purge event; a worker deletes the blob only
-        after this commits. A rejected or expired document becomes ``deleted`` at once.
+        """Delete a document: ``deleting`` plus a purge event, its reservation released; a
+        worker finishes it (``deleted``, charge released) after this commits. Its blob's
+        object is deleted, by that purge, only when no live document references it any more
+        (``outbox.blobs``): deleting one of two documents that share content keeps the other
+        downloadable. Deleting a document that was still uploading its blob also rejects the
+        documents waiting on it. A rejected or expired document becomes ``deleted`` at once.
         Deleting twice is harmless.
 
         Raises:
@@ -322,6 +402,14 @@ class Outbox(multipart.MultipartCalls):
         with atomic(conn) as cur:
             cur.execute(self._q["lock_owner_quota"], {"owner_id": owner})
             row = cur.execute(self._q["delete_live_document"], params).fetchone()
+            if row is not None:
+                blobs.drop_reference(
+                    cur,
+                    key=row["object_key"],
+                    uploader_left=row["left_status"] in UPLOADING_STATUSES,
+                    reason="the upload it waited on was deleted before it finished",
+                    now=now,
+                )
             if row is None:
                 row = cur.execute(self._q["hide_finished_document"], params).fetchone()
             if row is None:
@@ -493,33 +581,30 @@ def _quota_exceeded(quota: dict[str, Any], requested: int) -> QuotaExceeded:
     )
 
 
-def _check_same_declaration(dup: dict[str, Any], size: int, content_type: str) -> None:
-    """A live document with this SHA-256 declares the same size, and (while still pending,
-    so one URL serves both requests) the same content type.
+def _check_same_size(row: dict[str, Any], size: int) -> None:
+    """A live document with this SHA-256 declares the same size.
 
     Raises:
         InvalidInput (400): the same SHA-256 declared with another size (one of the two
             declarations is false; nothing changes).
-        InvalidState (409): the same content is pending with another content type.
     """
-    if dup["declared_size"] != size:
+    if row["declared_size"] != size:
         raise InvalidInput(
-            f"this SHA-256 is already declared with another size ({dup['declared_size']}"
+            f"this SHA-256 is already declared with another size ({row['declared_size']}"
             f" bytes, not {size})",
-            document_id=str(dup["id"]),
-        )
-    if dup["status"] == DocumentStatus.PENDING and dup["content_type"] != content_type:
-        raise InvalidState(
-            f"this content is already pending as {dup['content_type']}: upload it with"
-            " that type, or delete that upload first",
-            status=dup["status"],
-            document_id=str(dup["id"]),
-            content_type=dup["content_type"],
+            document_id=str(row["id"]),
         )
 
 
 #: The keyset position of a first page: after every document, newest first.
 _BEFORE_ALL = (datetime.max.replace(tzinfo=UTC), UUID(int=(1 << 128) - 1))
+
+#: States a confirm leaves as they are (confirmed already, or nothing to upload).
+_CONFIRMED = frozenset({DocumentStatus.UPLOADED, DocumentStatus.WAITING, DocumentStatus.AVAILABLE})
+
+#: A document the same request again finds and returns (rather than a new one): one still
+#: uploading its blob, or waiting on one.
+_RETRYABLE = frozenset({DocumentStatus.PENDING, DocumentStatus.UPLOADED, DocumentStatus.WAITING})
 
 
 def _encode_cursor(doc: Document) -> str:

@@ -27,6 +27,8 @@ class Document(_Model):
     verified_size: int | None = None
     #: The declared SHA-256 (hex); None for a multipart document (each part has its own).
     sha256: str | None
+    #: The key of the blob (stored object) this document references; documents of the same
+    #: content may share one.
     object_key: str
     reason: str | None = None
     trace_id: str | None = None
@@ -78,10 +80,12 @@ class MultipartPlan(_Model):
 class UploadTicket(_Model):
     """What the browser needs to upload: PUT ``body`` to ``url`` with exactly ``headers``.
 
-    ``url`` is None when the same content is already uploaded or available for this owner
-    (``deduplicated`` is then True and ``document`` is the existing one), and for a
-    multipart document: ``multipart`` is then its plan, and each part gets its own URL
-    (``Outbox.part_url``).
+    ``url`` is None when there is nothing to upload, because the owner's same content is
+    stored or being uploaded: ``deduplicated`` is then True, and ``document`` is a new
+    document that shares it (``available``, or ``waiting`` on the upload in progress), or the
+    one this same request made before (a retry; a pending one comes back with a fresh URL).
+    ``url`` is None for a multipart document too: ``multipart`` is then its plan, and each
+    part gets its own URL (``Outbox.part_url``).
     """
 
     document: Document

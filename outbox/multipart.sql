@@ -3,9 +3,10 @@
 -- database's now(). Literals are DocumentStatus / Topic values.
 
 -- name: reserve_and_insert_multipart
--- One statement: the reservation (the whole declared size), the document and the event
--- asking a worker to create its multipart upload exist together or not at all. No URL yet:
--- the document expires `ttl` seconds from now unless part URLs extend it.
+-- One statement: the reservation (the whole declared size), the blob (uploading; no whole-file
+-- SHA-256, so never shared), the document and the event asking a worker to create its
+-- multipart upload exist together or not at all. No URL yet: the document expires `ttl`
+-- seconds from now unless part URLs extend it.
 WITH reserved AS (
     UPDATE s3outbox.quotas q
     SET reserved_bytes = q.reserved_bytes + %(size)s,
@@ -13,18 +14,25 @@ WITH reserved AS (
     WHERE q.owner_id = %(owner_id)s
       AND q.used_bytes + q.reserved_bytes + %(size)s <= q.limit_bytes
     RETURNING q.owner_id
+), blob AS (
+    INSERT INTO s3outbox.blobs (object_key, size, sha256, content_type, status, created_at,
+                                updated_at)
+    SELECT %(object_key)s, %(size)s, NULL, %(content_type)s, 'uploading',
+           coalesce(%(now)s::timestamptz, now()), coalesce(%(now)s::timestamptz, now())
+    FROM reserved
+    RETURNING object_key
 ), doc AS (
     INSERT INTO s3outbox.documents AS d (
         id, owner_id, object_key, filename, content_type, declared_size, sha256,
         part_size, part_count, reserved_bytes, upload_expires_at, trace_id,
         created_at, updated_at
     )
-    SELECT %(id)s, reserved.owner_id, %(object_key)s, %(filename)s, %(content_type)s,
+    SELECT %(id)s, reserved.owner_id, blob.object_key, %(filename)s, %(content_type)s,
            %(size)s, NULL, %(part_size)s, %(part_count)s, %(size)s,
            coalesce(%(now)s::timestamptz, now()) + make_interval(secs => %(ttl)s),
            %(trace_id)s, coalesce(%(now)s::timestamptz, now()),
            coalesce(%(now)s::timestamptz, now())
-    FROM reserved
+    FROM reserved, blob
     RETURNING d.*
 ), event AS (
     INSERT INTO s3outbox.events (topic, document_id, trace_id, available_at, created_at, updated_at)

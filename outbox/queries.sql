@@ -11,17 +11,18 @@ VALUES (%(owner_id)s, %(default_limit)s)
 ON CONFLICT (owner_id) DO UPDATE SET owner_id = q.owner_id
 RETURNING q.owner_id, q.limit_bytes, q.used_bytes, q.reserved_bytes;
 
--- name: find_live_duplicate
--- Locked (after the owner's quota row: the order of every path), so a confirm or delete of
--- it committing meanwhile is either seen here or waits for the caller's commit: the
--- duplicate cannot leave `pending` between this look and the refresh below.
-SELECT d.*
+-- name: find_owner_content
+-- The owner's live documents of this content (SHA-256), with their blob's state, locked in id
+-- order (after the owner's quota row: the order of every path), so a confirm or delete of one
+-- of them committing meanwhile is either seen here or waits for the caller's commit.
+SELECT d.*, b.status AS blob_status
 FROM s3outbox.documents d
+JOIN s3outbox.blobs b ON b.object_key = d.object_key
 WHERE d.owner_id = %(owner_id)s
   AND d.sha256 = %(sha256)s
-  AND d.status IN ('pending', 'uploaded', 'available')
-LIMIT 1
-FOR UPDATE;
+  AND d.status IN ('pending', 'uploaded', 'waiting', 'available')
+ORDER BY d.id
+FOR UPDATE OF d;
 
 -- name: refresh_pending_upload
 -- A second request for content still pending gets a fresh URL for the same document.
@@ -38,7 +39,62 @@ WHERE d.id = %(id)s AND d.status = 'pending'
 RETURNING d.*;
 
 -- name: reserve_and_insert_document
--- One statement: the reservation and the row exist together or not at all.
+-- One statement: the reservation, the new blob (uploading) and the document that uploads it
+-- exist together or not at all.
+WITH reserved AS (
+    UPDATE s3outbox.quotas q
+    SET reserved_bytes = q.reserved_bytes + %(size)s,
+        updated_at = coalesce(%(now)s::timestamptz, now())
+    WHERE q.owner_id = %(owner_id)s
+      AND q.used_bytes + q.reserved_bytes + %(size)s <= q.limit_bytes
+    RETURNING q.owner_id
+), blob AS (
+    INSERT INTO s3outbox.blobs (object_key, size, sha256, content_type, status, created_at,
+                                updated_at)
+    SELECT %(object_key)s, %(size)s, %(sha256)s, %(content_type)s, 'uploading',
+           coalesce(%(now)s::timestamptz, now()), coalesce(%(now)s::timestamptz, now())
+    FROM reserved
+    RETURNING object_key
+)
+INSERT INTO s3outbox.documents AS d (
+    id, owner_id, object_key, filename, content_type, declared_size, sha256,
+    reserved_bytes, upload_expires_at, trace_id, created_at, updated_at
+)
+SELECT %(id)s, reserved.owner_id, blob.object_key, %(filename)s, %(content_type)s, %(size)s,
+       %(sha256)s, %(size)s, %(expires_at)s, %(trace_id)s,
+       coalesce(%(now)s::timestamptz, now()), coalesce(%(now)s::timestamptz, now())
+FROM reserved, blob
+RETURNING d.*;
+
+-- name: share_verified_blob
+-- The same owner's content is stored and verified: a new document that references that blob
+-- (its own name and type), available at once (nothing to upload or verify) and charged its
+-- size, quota permitting, in one statement. The caller locked the blob (verified) first. It
+-- has no upload URL: its upload_expires_at is its creation.
+WITH charged AS (
+    UPDATE s3outbox.quotas q
+    SET used_bytes = q.used_bytes + %(size)s,
+        updated_at = coalesce(%(now)s::timestamptz, now())
+    WHERE q.owner_id = %(owner_id)s
+      AND q.used_bytes + q.reserved_bytes + %(size)s <= q.limit_bytes
+    RETURNING q.owner_id
+)
+INSERT INTO s3outbox.documents AS d (
+    id, owner_id, object_key, filename, content_type, declared_size, sha256, status,
+    verified_size, charged_bytes, upload_expires_at, trace_id, created_at, updated_at,
+    verified_at
+)
+SELECT %(id)s, charged.owner_id, %(object_key)s, %(filename)s, %(content_type)s, %(size)s,
+       %(sha256)s, 'available', %(size)s, %(size)s, coalesce(%(now)s::timestamptz, now()),
+       %(trace_id)s, coalesce(%(now)s::timestamptz, now()),
+       coalesce(%(now)s::timestamptz, now()), coalesce(%(now)s::timestamptz, now())
+FROM charged
+RETURNING d.*;
+
+-- name: reserve_and_insert_waiting
+-- The same owner's content is being uploaded by another document: a new document that waits
+-- on that blob (its own name and type, no URL), its size reserved like any request, in one
+-- statement. The blob's verify makes it available (charged); its end makes it rejected.
 WITH reserved AS (
     UPDATE s3outbox.quotas q
     SET reserved_bytes = q.reserved_bytes + %(size)s,
@@ -48,11 +104,11 @@ WITH reserved AS (
     RETURNING q.owner_id
 )
 INSERT INTO s3outbox.documents AS d (
-    id, owner_id, object_key, filename, content_type, declared_size, sha256,
+    id, owner_id, object_key, filename, content_type, declared_size, sha256, status,
     reserved_bytes, upload_expires_at, trace_id, created_at, updated_at
 )
 SELECT %(id)s, reserved.owner_id, %(object_key)s, %(filename)s, %(content_type)s, %(size)s,
-       %(sha256)s, %(size)s, %(expires_at)s, %(trace_id)s,
+       %(sha256)s, 'waiting', %(size)s, coalesce(%(now)s::timestamptz, now()), %(trace_id)s,
        coalesce(%(now)s::timestamptz, now()), coalesce(%(now)s::timestamptz, now())
 FROM reserved
 RETURNING d.*;
@@ -90,12 +146,14 @@ SELECT * FROM confirmed;
 
 -- name: delete_live_document
 -- A live document -> deleting, its unverified reservation released, and a purge event;
--- the worker deletes the blob only after this commits (invariant 3).
+-- the worker deletes the blob's object only after this commits (invariant 3), and only if no
+-- live document references it then (the caller's next statements, outbox/blobs.py).
+-- Returns the row and the state it left (`left_status`).
 WITH target AS (
-    SELECT d.id, d.owner_id, d.reserved_bytes
+    SELECT d.id, d.owner_id, d.reserved_bytes, d.status
     FROM s3outbox.documents d
     WHERE d.id = %(id)s AND d.owner_id = %(owner_id)s
-      AND d.status IN ('pending', 'uploaded', 'available')
+      AND d.status IN ('pending', 'uploaded', 'waiting', 'available')
     FOR UPDATE
 ), deleting AS (
     UPDATE s3outbox.documents d
@@ -122,10 +180,11 @@ WITH target AS (
            coalesce(%(now)s::timestamptz, now()), coalesce(%(now)s::timestamptz, now())
     FROM deleting x
 )
-SELECT * FROM deleting;
+SELECT deleting.*, target.status AS left_status FROM deleting JOIN target USING (id);
 
 -- name: hide_finished_document
--- A rejected or expired document (its blob already purged or being purged) -> deleted.
+-- A rejected or expired document (it no longer references a live blob: its own was purged or
+-- is being purged, or it waited on one that failed) -> deleted.
 UPDATE s3outbox.documents d
 SET status = 'deleted',
     delete_requested_at = coalesce(%(now)s::timestamptz, now()),

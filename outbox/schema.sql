@@ -20,18 +20,45 @@ CREATE TABLE IF NOT EXISTS s3outbox.quotas (
     )
 );
 
+-- One row per stored object (issue 12). A document is what an owner sees; a blob is the
+-- object it references: several documents may share one (the same content, each with its
+-- own name and type), and a blob lives exactly while a live document references it:
+-- uploading -> verified -> deleting -> deleted (outbox/constants.py, BlobStatus).
+CREATE TABLE IF NOT EXISTS s3outbox.blobs (
+    object_key      text        PRIMARY KEY,
+    size            bigint      NOT NULL CHECK (size > 0),
+    -- NULL for a multipart object (no whole-file SHA-256; its parts' are in document_parts).
+    sha256          text        CHECK (sha256 ~ '^[0-9a-f]{64}$'),
+    -- The type the object was uploaded with (signed into its PUT): what storage holds. Each
+    -- document that shares the blob keeps its own type, served by its download URL.
+    content_type    text        NOT NULL,
+    status          text        NOT NULL CHECK (status IN (
+                        'uploading', 'verified', 'deleting', 'deleted')),
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    verified_at     timestamptz,
+    purged_at       timestamptz,
+    updated_at      timestamptz NOT NULL DEFAULT now()
+);
+
+-- De-duplication: a verified blob with this content (an owner's own, or across owners).
+CREATE INDEX IF NOT EXISTS blobs_verified_content
+    ON s3outbox.blobs (sha256, size) WHERE status = 'verified';
+-- Blobs by state: the metrics count each state through it, up to a cap (worker/ops/counts.py).
+CREATE INDEX IF NOT EXISTS blobs_status ON s3outbox.blobs (status);
+
 CREATE TABLE IF NOT EXISTS s3outbox.documents (
     id                  uuid        PRIMARY KEY,
     owner_id            text        NOT NULL,
-    -- Server-made, UUID based (invariant 8); the user's filename is only data.
-    object_key          text        NOT NULL UNIQUE,
+    -- The blob this document references. Server-made, UUID based (invariant 8): the prefix +
+    -- the id of the document that uploaded it; the user's filename is only data.
+    object_key          text        NOT NULL REFERENCES s3outbox.blobs (object_key),
     filename            text        NOT NULL,
     content_type        text        NOT NULL,
     declared_size       bigint      NOT NULL CHECK (declared_size > 0),
     -- NULL for a multipart document (no whole-file SHA-256; each part's is in document_parts).
     sha256              text        CHECK (sha256 ~ '^[0-9a-f]{64}$'),
     status              text        NOT NULL DEFAULT 'pending' CHECK (status IN (
-                            'pending', 'uploaded', 'available', 'rejected',
+                            'pending', 'uploaded', 'waiting', 'available', 'rejected',
                             'expired', 'deleting', 'deleted')),
     verified_size       bigint,
     -- What this document holds of its owner's quota: reserved until verified, then charged.
@@ -67,11 +94,16 @@ CREATE INDEX IF NOT EXISTS documents_owner_created
 CREATE INDEX IF NOT EXISTS documents_owner_live_created
     ON s3outbox.documents (owner_id, created_at DESC, id DESC)
     WHERE status <> 'deleted';
--- Per-owner de-duplication of live content; the library also serialises an owner's
--- requests on the quota row, so this index is a backstop, not the mechanism.
-CREATE UNIQUE INDEX IF NOT EXISTS documents_owner_live_sha256
+-- An owner's live documents of one content (the library serialises an owner's requests on
+-- the quota row; several documents may hold the same content under their own names).
+CREATE INDEX IF NOT EXISTS documents_owner_live_content
     ON s3outbox.documents (owner_id, sha256)
-    WHERE status IN ('pending', 'uploaded', 'available');
+    WHERE status IN ('pending', 'uploaded', 'waiting', 'available');
+-- The documents of a blob (counting its live references, the purge's re-check).
+CREATE INDEX IF NOT EXISTS documents_object_key ON s3outbox.documents (object_key);
+-- At most one document uploads a blob: the one that holds its URLs.
+CREATE UNIQUE INDEX IF NOT EXISTS documents_one_uploader
+    ON s3outbox.documents (object_key) WHERE status IN ('pending', 'uploaded');
 CREATE INDEX IF NOT EXISTS documents_pending_expiry
     ON s3outbox.documents (upload_expires_at)
     WHERE status = 'pending' AND expire_requested_at IS NULL;
@@ -85,7 +117,7 @@ CREATE INDEX IF NOT EXISTS documents_uploaded_since
 CREATE TABLE IF NOT EXISTS s3outbox.events (
     id              bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     topic           text        NOT NULL CONSTRAINT events_topic_check CHECK (topic IN (
-                        'verify', 'purge', 'expire', 'multipart_create')),
+                        'verify', 'purge', 'expire', 'multipart_create', 'dedup')),
     document_id     uuid        NOT NULL,
     status          text        NOT NULL DEFAULT 'pending' CHECK (status IN (
                         'pending', 'dispatched', 'done', 'dead')),
@@ -165,12 +197,14 @@ CREATE UNIQUE INDEX IF NOT EXISTS events_unfinished_object_key
 
 -- The usual end of a verify (the object matched what the document declares) in ONE statement,
 -- so a worker pays one round trip for it (worker/events/verify.py, accept_verified).
--- Locks the event, the owner's quota row and the document in that order (the order of every
--- path: no deadlock with web requests or other workers), then compare-and-set: the declared
--- fields are compared again (they may come from the message), the document must still be
--- `uploaded`, its verify event unfinished and the quota able to take it -> quota charged
--- (reservation -> used, invariant 4), document available, event done. Returns the event id,
--- or NULL when nothing changed (the worker then takes its general path, which says why).
+-- Locks the event, the owner's quota row, the document and the same owner's documents
+-- waiting on its blob (in id order), then the blob: the order of every path (no deadlock
+-- with web requests or other workers). Then compare-and-set: the declared fields are compared
+-- again (they may come from the message), the document must still be `uploaded`, its blob
+-- `uploading`, its verify event unfinished and the quota able to take it -> quota charged for
+-- the document and each waiting one (reservation -> used, invariant 4), all of them
+-- available, the blob verified, event done. Returns the event id, or NULL when nothing
+-- changed (the worker then takes its general path, which says why).
 CREATE OR REPLACE FUNCTION s3outbox.accept_verified(
     p_event_id bigint,
     p_document_id uuid,
@@ -179,7 +213,8 @@ CREATE OR REPLACE FUNCTION s3outbox.accept_verified(
     p_sha256 text,
     p_content_type text,
     p_size bigint,
-    p_now timestamptz
+    p_now timestamptz,
+    p_dedup boolean
 ) RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -191,11 +226,16 @@ BEGIN
     PERFORM 1 FROM s3outbox.quotas
     WHERE owner_id = (SELECT owner_id FROM s3outbox.documents WHERE id = p_document_id)
     FOR UPDATE;
-    PERFORM 1 FROM s3outbox.documents WHERE id = p_document_id FOR UPDATE;
+    PERFORM 1 FROM s3outbox.documents
+    WHERE id = p_document_id OR (object_key = p_object_key AND status = 'waiting')
+    ORDER BY id
+    FOR UPDATE;
+    PERFORM 1 FROM s3outbox.blobs WHERE object_key = p_object_key FOR UPDATE;
 
     WITH doc AS (
-        SELECT d.id, d.owner_id, d.reserved_bytes
+        SELECT d.id, d.owner_id, d.reserved_bytes, d.trace_id
         FROM s3outbox.documents d
+        JOIN s3outbox.blobs b ON b.object_key = d.object_key AND b.status = 'uploading'
         WHERE d.id = p_document_id
           AND d.status = 'uploaded'
           AND d.object_key = p_object_key
@@ -205,16 +245,23 @@ BEGIN
           AND EXISTS (SELECT 1 FROM s3outbox.events e
                       WHERE e.id = p_event_id AND e.document_id = d.id AND e.topic = 'verify'
                         AND e.status IN ('pending', 'dispatched'))
+    ), waiting AS (
+        SELECT count(*) AS n, coalesce(sum(w.reserved_bytes), 0) AS reserved
+        FROM s3outbox.documents w
+        JOIN doc ON w.owner_id = doc.owner_id
+        WHERE w.object_key = p_object_key AND w.status = 'waiting'
+          AND w.declared_size = p_size
     ), charged AS (
         UPDATE s3outbox.quotas q
-        SET used_bytes = q.used_bytes + p_size,
-            reserved_bytes = q.reserved_bytes - doc.reserved_bytes,
+        SET used_bytes = q.used_bytes + p_size * (1 + waiting.n),
+            reserved_bytes = q.reserved_bytes - doc.reserved_bytes - waiting.reserved,
             updated_at = v_now
-        FROM doc
+        FROM doc, waiting
         WHERE q.owner_id = doc.owner_id
-          AND q.reserved_bytes >= doc.reserved_bytes
-          AND q.used_bytes + p_size + q.reserved_bytes - doc.reserved_bytes <= q.limit_bytes
-        RETURNING doc.id
+          AND q.reserved_bytes >= doc.reserved_bytes + waiting.reserved
+          AND q.used_bytes + p_size * (1 + waiting.n) + q.reserved_bytes - doc.reserved_bytes
+              - waiting.reserved <= q.limit_bytes
+        RETURNING doc.id, doc.owner_id, doc.trace_id
     ), available AS (
         UPDATE s3outbox.documents d
         SET status = 'available',
@@ -226,11 +273,26 @@ BEGIN
             updated_at = v_now
         FROM charged
         WHERE d.id = charged.id
-        RETURNING d.id
+           OR (d.owner_id = charged.owner_id AND d.object_key = p_object_key
+               AND d.status = 'waiting' AND d.declared_size = p_size)
+    ), verified AS (
+        UPDATE s3outbox.blobs b
+        SET status = 'verified', verified_at = v_now, updated_at = v_now
+        FROM charged
+        WHERE b.object_key = p_object_key
+    ), dedup AS (
+        INSERT INTO s3outbox.events
+            (topic, document_id, trace_id, available_at, created_at, updated_at)
+        SELECT 'dedup', charged.id, charged.trace_id, v_now, v_now, v_now
+        FROM charged
+        WHERE p_dedup AND EXISTS (
+            SELECT 1 FROM s3outbox.blobs o
+            WHERE o.sha256 = p_sha256 AND o.size = p_size AND o.status = 'verified'
+              AND o.object_key <> p_object_key)
     )
     UPDATE s3outbox.events e
     SET status = 'done', running = false, finished_at = v_now, updated_at = v_now
-    FROM available
+    FROM charged
     WHERE e.id = p_event_id
     RETURNING e.id INTO v_done;
     RETURN v_done;
@@ -275,5 +337,7 @@ INSERT INTO s3outbox.schema_migrations (version, name, checksum) VALUES
     (2, 'delivery_guarantees', '8b96e22cc6678d4a1aef0f0196e80ea91b0be649b5ad5c75445bdd16561b5692'),
     (3, 'multipart', '4dfba2ae63ad9226a3fb597d49ccf3be2f25da3e6c00aa3b12865f55671c16a3'),
     (4, 'validate_multipart_checks', 'd7521fdef37cda0cbc17920f40c4052bc8de313bff0d88a740d24046fa63d47c'),
-    (5, 'flat_costs', 'c965da2d54b32239ee63e434badd0cbdf1b3ad4806abec1866ecb357ce100539')
+    (5, 'flat_costs', 'c965da2d54b32239ee63e434badd0cbdf1b3ad4806abec1866ecb357ce100539'),
+    (6, 'blobs', '6c04deb9eef952a622236b8d20548ab719b8ceecc5f4bba2748e297f093e0526'),
+    (7, 'validate_blobs', 'aa13f2f9209bdeb19adc97057d3d766f90037eb9ed3e400bd59db7fdb922695b')
 ON CONFLICT (version) DO NOTHING;

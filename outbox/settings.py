@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     # Workers.
     verify_deadline_seconds: float = Field(120.0, ge=0)
     verify_full_read_fallback: bool = True
+    # Across owners: once a document's object is verified, a worker points it (and its owner's
+    # other documents of that blob) at an existing verified blob of the same SHA-256 and size
+    # and purges the duplicate object. Nothing is revealed: the owner uploaded the bytes.
+    dedup_across_owners: bool = True
     retry_base_seconds: float = Field(1.0, gt=0)
     retry_max_seconds: float = Field(300.0, gt=0)
     max_failures: int = Field(8, ge=1)

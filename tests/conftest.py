@@ -108,7 +108,7 @@ def clean_db(base_settings: Settings) -> None:
     with psycopg.connect(base_settings.database_url, autocommit=True) as conn:
         conn.execute(
             "TRUNCATE s3outbox.events, s3outbox.documents, s3outbox.quotas,"
-            " s3outbox.document_parts RESTART IDENTITY"
+            " s3outbox.document_parts, s3outbox.blobs RESTART IDENTITY"
         )
 
 

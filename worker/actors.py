@@ -158,3 +158,10 @@ def purge(event_id: int, attempt: int) -> None:
 def multipart_create(event_id: int, attempt: int) -> None:
     """Create the multipart upload of a pending multipart document and record its id."""
     processor().process(event_id, attempt)
+
+
+@dramatiq.actor(actor_name=ACTOR_NAMES[Topic.DEDUP], **_ACTOR_OPTIONS)
+def dedup(event_id: int, attempt: int) -> None:
+    """Across owners: move a just verified blob's documents to the verified blob that already
+    held the same content, and purge the duplicate object."""
+    processor().process(event_id, attempt)

@@ -149,6 +149,18 @@ class OutboxCollector(Collector):
             "Quota bytes summed over all owners, by kind: used, reserved, limit.",
             labels=["kind"],
         )
+        blobs = GaugeMetricFamily(
+            "s3outbox_blobs",
+            "Blobs (stored objects, each shared by the documents of its content) by state:"
+            f" exact up to {counts.CAP} per state, above that PostgreSQL's estimate.",
+            labels=["status"],
+        )
+        storage_bytes = GaugeMetricFamily(
+            "s3outbox_storage_bytes",
+            "Bytes of verified blobs (stored: each content once) and bytes charged to owners"
+            " (charged: each document its size); charged - stored is what sharing saves.",
+            labels=["kind"],
+        )
         quota_owners = GaugeMetricFamily("s3outbox_quota_owners", "Owners with a quota row.")
         quota_full = GaugeMetricFamily(
             "s3outbox_quota_owners_above_90_percent",
@@ -174,6 +186,12 @@ class OutboxCollector(Collector):
                     quota_bytes.add_metric([kind], value)
                 quota_owners.add_metric([], totals[3])
                 quota_full.add_metric([], totals[4])
+                for status, n in counts.blob_counts(conn):  # every state, 0 included
+                    blobs.add_metric([status], n)
+                stored = conn.execute(self._q["storage_bytes"]).fetchone()
+                assert stored is not None
+                storage_bytes.add_metric(["stored"], stored[0])
+                storage_bytes.add_metric(["charged"], stored[1])
                 walk = conn.execute(
                     self._q["bucket_walk_progress"], {"name": self.settings.bucket_walk_cursor}
                 ).fetchone()
@@ -190,7 +208,7 @@ class OutboxCollector(Collector):
             return
         yield from (events, documents, pending_age, dispatched_age, in_flight_age, unverified_age)
         yield up
-        yield from (quota_bytes, quota_owners, quota_full)
+        yield from (quota_bytes, quota_owners, quota_full, blobs, storage_bytes)
         yield from (walk_age, walk_seconds, walk_period)
 
 

@@ -4,14 +4,15 @@ One listed page at a time (ListObjectsV2 ``Contents``: one query per page, so me
 flat), shared by ``s3-outbox reconcile`` (``worker.ops.reconcile``) and the sweeper's bucket
 walk (``worker.maintenance.bucket_walk``).
 
-An object is an orphan when no row names its key, or its row is rejected, expired, deleting
-or deleted, and it was last modified before the cutoff (the clock minus the horizon): a
-newer one may belong to an upload whose transaction has not committed yet, or to a PUT still
-allowed to land. Its repair goes through the outbox: a purge event that names the key
-(``events.object_key``), which the purge actor carries out only if no live document owns the
-key then (invariant 3). A unique index allows one unfinished purge per key, so repeated or
-concurrent runs queue one. A ``deleting`` document's object is left to that document's own
-purge (it releases the charge too).
+An object is an orphan when no live document references its key (no row names it, or every
+document of its blob is rejected, expired, deleting or deleted), and it was last modified
+before the cutoff (the clock minus the horizon): a newer one may belong to an upload whose
+transaction has not committed yet, or to a PUT still allowed to land. Its repair goes
+through the outbox: a purge event that names the key (``events.object_key``), which the
+purge actor carries out only if no live document references the key then (its blob goes
+``deleting`` under the blob's lock first: invariant 3). A unique index allows one unfinished
+purge per key, so repeated or concurrent runs queue one. The object of a ``deleting``
+document is left to that document's own purge (it releases the charge too).
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import psycopg
 from psycopg.rows import dict_row
 
 from outbox import queries
-from outbox.constants import LIVE_STATUSES, DocumentStatus
 
 _ORPHAN_NAMESPACE = uuid.UUID("5b0c1f8e-2a41-4d0a-9c53-3e1f0b7d6a10")
 
@@ -54,7 +54,7 @@ class Orphan:
     key: str
     size: int
     last_modified: datetime
-    document_id: uuid.UUID | None  # the (non-live) row that names this key, if any
+    document_id: uuid.UUID | None  # the latest (non-live) row that names this key, if any
     document_status: str | None
     disposition: Disposition
 
@@ -88,12 +88,12 @@ def examine(
     for obj in objects:
         key = str(obj["Key"])
         row = rows.get(key)
-        if row is not None and row["status"] in LIVE_STATUSES:
+        if row is not None and row["live"]:
             continue
         if obj["LastModified"] > cutoff:
             young += 1
             continue
-        if row is not None and row["status"] == DocumentStatus.DELETING:
+        if row is not None and row["deleting"]:
             disposition = Disposition.DOCUMENT
         elif key in queued or (row is not None and row["purge_queued"]):
             disposition = Disposition.QUEUED

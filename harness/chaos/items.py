@@ -43,6 +43,9 @@ class ItemResult:
     #: Words the document's reason must contain (e.g. the header a rejection names).
     expected_reason: str | None = None
     note: str = ""
+    #: A second document of the item (a shared-content scenario makes two): checked like the
+    #: first, not counted as an item.
+    extra: bool = False
 
 
 def make_item(config: ChaosConfig, index: int) -> Item:

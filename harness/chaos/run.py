@@ -128,7 +128,7 @@ def run_chaos(
         result.outages = [round(s, 1) for s in scheduler.outages]
         result.figures = [f.to_dict() for f in monitor.samples]
         result.clients = dict(sorted(run.counters.c.items()))
-        result.scenarios = dict(Counter(r.item.scenario.value for r in run.results))
+        result.scenarios = dict(Counter(r.item.scenario.value for r in run.results if not r.extra))
         result.errors = run.errors + scheduler.errors
     result.elapsed_seconds = time.monotonic() - t0
     if own_dir and not config.keep_data and result.ok:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
+import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -147,8 +150,11 @@ def do_item(run: ChaosRun, client: Client, tamper: Any, item: Item, result: Item
             client.put(ticket, item.body)
             counters.inc("late_puts")
         return
+    if sc == Scenario.SHARED:
+        shared_content(run, client, item, ticket, result)
+        return
     if sc == Scenario.DUPLICATE and item.variant == 0:
-        # The same content requested again while the first is still pending: same document.
+        # The same request again while the first is still pending (a retry): same document.
         again = client.request(item)
         if again.document.id != doc_id or not again.deduplicated:
             raise AssertionError(f"pending duplicate made document {again.document.id}")
@@ -206,3 +212,138 @@ def do_item(run: ChaosRun, client: Client, tamper: Any, item: Item, result: Item
         # Free some of the small quota again, so the owner keeps being near its limit.
         client.delete(item.owner, doc_id)
         result.expected = DocumentStatus.DELETED
+
+
+def shared_content(
+    run: ChaosRun, client: Client, item: Item, ticket: UploadTicket, result: ItemResult
+) -> None:
+    """Issue 12: a second document of the same content (see ``Scenario.SHARED``). Variant 0:
+    the same owner asks under another name and type before the upload (it waits on it);
+    variant 1: after the confirm (it waits, or shares once verified), then the first is
+    deleted once available: the second keeps the object; on odd items, once the first is
+    available, its delete (the last reference) races the second request in another thread:
+    the second shares the blob, or finds it deleting and uploads anew; variant 2: another
+    owner uploads its own copy (no existence leak: a URL of its own), the dedup shares the
+    blob, and on odd items the first owner's document is deleted at once, racing that
+    dedup. The second documents are recorded once the first's fate is known."""
+    counters, doc_id = run.counters, ticket.document.id
+    other_type = "text/plain" if item.content_type != "text/plain" else "application/json"
+    extras: list[uuid.UUID] = []
+    done = False
+
+    def second(owner: str, c: Client = client) -> UploadTicket:
+        return c.tx(
+            "request_upload",
+            lambda conn: run.outbox.request_upload(
+                conn,
+                owner_id=owner,
+                filename=f"chaos copy {item.index}.txt",
+                content_type=other_type,
+                size=len(item.body),
+                sha256=item.sha256,
+            ),
+        )
+
+    def finish(copy: UploadTicket, owner: str) -> None:
+        """A second document that got an upload URL of its own: upload and confirm it."""
+        client.put(copy, item.body)
+        client.tx(
+            "confirm",
+            lambda c: run.outbox.confirm(c, owner_id=owner, document_id=copy.document.id),
+        )
+
+    try:
+        if item.variant == 0:
+            copy = second(item.owner)
+            if copy.url is not None or copy.document.id == doc_id:
+                raise AssertionError(f"a second name of pending content got {copy.document}")
+            counters.inc("shared_waiting")
+            extras.append(copy.document.id)
+        client.put(ticket, item.body)
+        try:
+            client.confirm(item, doc_id)
+        except InvalidState as exc:
+            # Only if the URL expired before the confirm got through (a long outage); what
+            # waits on the upload ends with it.
+            counters.inc("confirm_too_late")
+            result.expected = None
+            result.note = f"confirm refused: {exc}"
+            return
+        if item.variant == 1 and item.index % 2 and _wait_available(client, item.owner, doc_id):
+            copy = _race_last_delete(run, item, doc_id, second)
+            if copy.url is not None:
+                counters.inc("shared_race_delete_first")
+                finish(copy, item.owner)
+            else:
+                counters.inc("shared_race_reference_first")
+            extras.append(copy.document.id)
+            result.expected = DocumentStatus.DELETED
+        elif item.variant == 1:
+            copy = second(item.owner)
+            if copy.url is not None or copy.document.id == doc_id:
+                raise AssertionError(f"a second name of stored content got {copy.document}")
+            counters.inc(f"shared_{copy.document.status.value}")
+            extras.append(copy.document.id)
+            run.defer_delete(item.owner, doc_id)  # one of two references, once available
+            result.expected = DocumentStatus.DELETED
+        elif item.variant == 2:
+            other = f"{item.owner}-other"
+            copy = second(other)
+            if copy.url is None or copy.deduplicated:
+                raise AssertionError("another owner's request revealed stored content")
+            finish(copy, other)
+            counters.inc("shared_other_owner")
+            extras.append(copy.document.id)
+            if item.index % 2:
+                client.delete(item.owner, doc_id)
+                counters.inc("shared_last_delete_racing_dedup")
+                result.expected = DocumentStatus.DELETED
+        done = True
+    finally:
+        # After a client error, what the second documents end as is not known (checked by
+        # the invariants only, like the item's own document).
+        expected = DocumentStatus.AVAILABLE if done else None
+        for extra in extras:
+            run.record(ItemResult(item, document_id=extra, expected=expected, extra=True))
+
+
+def _wait_available(client: Client, owner: str, doc_id: uuid.UUID) -> bool:
+    """Whether the document became available within 30 s (faults may delay its verify)."""
+    give_up = time.monotonic() + 30.0
+    while time.monotonic() < give_up:
+        if client.status(owner, doc_id) == DocumentStatus.AVAILABLE:
+            return True
+        time.sleep(0.2)  # polling the document's state, bounded by give_up
+    return False
+
+
+def _race_last_delete(
+    run: ChaosRun,
+    item: Item,
+    doc_id: uuid.UUID,
+    second: Callable[[str, Client], UploadTicket],
+) -> UploadTicket:
+    """Delete the owner's only document of the content in one thread while another asks for
+    the same content under a second name; returns what the request got."""
+    deleter, asker = run.client(), run.client()
+    failed: list[BaseException] = []
+    go = threading.Barrier(2)
+
+    def delete() -> None:
+        try:
+            go.wait()
+            deleter.delete(item.owner, doc_id)
+        except BaseException as exc:  # reported by the caller's thread
+            failed.append(exc)
+
+    thread = threading.Thread(target=delete, name=f"chaos-race-{item.index}")
+    thread.start()
+    try:
+        go.wait()
+        return second(item.owner, asker)
+    finally:
+        thread.join()
+        deleter.close()
+        asker.close()
+        if failed:
+            raise RuntimeError(f"racing delete of {doc_id} failed: {failed[0]!r}")

@@ -11,6 +11,7 @@ holds), carol owns a pending document whose object is already uploaded.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -69,11 +70,18 @@ class World:
 
 
 def _expected_names(settled: bool) -> set[str]:
-    names = {CheckName.QUOTA, CheckName.CHARGES, CheckName.KEYS}
+    names = {CheckName.QUOTA, CheckName.CHARGES, CheckName.KEYS, CheckName.BLOBS}
     names |= {CheckName.OBJECTS, CheckName.METADATA}
     if settled:
         names |= {CheckName.EVENTS, CheckName.WAITING, CheckName.ORPHANS}
     return set(names)
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings], clean_db: None) -> Settings:
+    """alice and bob keep an object each (no dedup across owners), so their keys can be
+    swapped, and each object judged on its own."""
+    return make_settings(dedup_across_owners=False)
 
 
 @pytest.fixture
@@ -133,6 +141,9 @@ def test_an_object_whose_row_left_the_live_states_is_an_orphan(world: World, sta
     world.sql(
         "UPDATE s3outbox.quotas SET reserved_bytes = reserved_bytes - %s WHERE owner_id = %s",
         (carol.declared_size, carol.owner_id),
+    )
+    world.sql(  # and its blob, purged as far as the database knows
+        "UPDATE s3outbox.blobs SET status = 'deleted' WHERE object_key = %s", (carol.object_key,)
     )
     report = world.fails(CheckName.ORPHANS)
     assert report.orphan_objects == [carol.object_key]
@@ -313,40 +324,154 @@ def test_an_object_key_that_is_not_prefix_plus_uuid(world: World, tail: str) -> 
     assert repr(key) in problem
 
 
-def test_a_row_whose_key_is_not_prefix_plus_its_id(world: World) -> None:
-    carol = world.carol
+def _move_to_new_blob(world: World, doc: Document, key: str, status: str) -> None:
+    """Give ``doc`` a new blob row at ``key`` (same content, ``status``) and retire its old
+    one, as far as the database knows (the old object stays)."""
     world.sql(
-        "UPDATE s3outbox.documents SET object_key = %s WHERE id = %s",
-        (f"{world.settings.key_prefix}{carol.id}.pdf", carol.id),
+        "INSERT INTO s3outbox.blobs (object_key, size, sha256, content_type, status)"
+        " SELECT %s, size, sha256, content_type, %s FROM s3outbox.blobs WHERE object_key = %s",
+        (key, status, doc.object_key),
     )
+    world.sql("UPDATE s3outbox.documents SET object_key = %s WHERE id = %s", (key, doc.id))
+    world.sql(
+        "UPDATE s3outbox.blobs SET status = 'deleted' WHERE object_key = %s", (doc.object_key,)
+    )
+
+
+def test_an_uploading_row_whose_key_is_not_prefix_plus_its_id(world: World) -> None:
+    carol = world.carol
+    _move_to_new_blob(world, carol, f"{world.settings.key_prefix}{carol.id}.pdf", "uploading")
     report = world.fails(CheckName.KEYS, settled=False)
-    (problem,) = report.check(CheckName.KEYS).problems
-    assert str(carol.id) in problem
+    problems = report.check(CheckName.KEYS).problems
+    assert len(problems) == 2  # the blob's key, and the uploading document's
+    assert all(str(carol.id) in p for p in problems)
 
 
-def test_a_key_that_is_another_documents(world: World) -> None:
-    """alice's and bob's rows swap keys: each object still matches the row that now names
-    it (same bytes), each key is still the prefix + a UUID, and every object has a live row;
-    only the rule "a document's key is the prefix + its own id" tells."""
+def test_documents_may_swap_blobs_of_the_same_content(world: World) -> None:
+    """alice's and bob's rows swap keys: each document references a verified blob of its
+    content, uploaded by a document (the other's), which is what sharing a blob is (a dedup
+    across owners does the same): the judge accepts it."""
     a, b = world.alice, world.bob
     with psycopg.connect(world.settings.database_url) as c:
         swap = "UPDATE s3outbox.documents SET object_key = %s WHERE id = %s"
-        c.execute(swap, (f"{a.object_key}.swap", a.id))
-        c.execute(swap, (a.object_key, b.id))
         c.execute(swap, (b.object_key, a.id))
-    report = world.fails(CheckName.KEYS)
-    problems = report.check(CheckName.KEYS).problems
-    assert len(problems) == 2
-    assert {str(a.id), str(b.id)} == {p.split()[1] for p in problems}
+        c.execute(swap, (a.object_key, b.id))
+    world.passes()
 
 
-def test_a_key_of_another_id_that_no_document_has(world: World) -> None:
-    carol = world.carol
+def test_a_blob_whose_key_is_no_documents_id(world: World) -> None:
+    """alice's object copied to a key of a UUID no document has, her row moved to it, her
+    own blob retired and its object deleted: every object matches and has a live row, every
+    key is the prefix + a UUID; only the rule "a blob's key is the prefix + the id of the
+    document that uploaded it" tells."""
+    alice, bucket = world.alice, world.settings.s3_bucket
     other = f"{world.settings.key_prefix}{uuid.uuid4()}"
-    world.sql("UPDATE s3outbox.documents SET object_key = %s WHERE id = %s", (other, carol.id))
-    # carol's object, under her own id, has no row any more either: an orphan once settled.
-    report = world.fails(CheckName.KEYS, settled=False)
-    assert report.orphan_objects == [carol.object_key]
+    world.s3.copy_object(
+        Bucket=bucket,
+        Key=other,
+        CopySource={"Bucket": bucket, "Key": alice.object_key},
+        ChecksumAlgorithm="SHA256",
+    )
+    _move_to_new_blob(world, alice, other, "verified")
+    world.s3.delete_object(Bucket=bucket, Key=alice.object_key)
+    report = world.fails(CheckName.KEYS)
+    (problem,) = report.check(CheckName.KEYS).problems
+    assert repr(other) in problem
+
+
+# -- 1, 3 and 7: documents and blobs -------------------------------------------------------
+
+
+def test_a_live_blob_no_live_document_references(world: World) -> None:
+    """carol's row leaves its live state (reservation released) but her blob stays
+    uploading: a blob kept alive by nothing."""
+    carol = world.carol
+    world.sql(
+        "UPDATE s3outbox.documents SET status = 'expired', reserved_bytes = 0 WHERE id = %s",
+        (carol.id,),
+    )
+    world.sql(
+        "UPDATE s3outbox.quotas SET reserved_bytes = reserved_bytes - %s WHERE owner_id = %s",
+        (carol.declared_size, carol.owner_id),
+    )
+    report = world.fails(CheckName.BLOBS, settled=False)
+    (problem,) = report.check(CheckName.BLOBS).problems
+    assert carol.object_key in problem and "uploading with 0 live documents" in problem
+
+
+@pytest.mark.parametrize("status", ["deleting", "deleted", "uploading"])
+def test_an_available_document_on_a_blob_not_verified(world: World, status: str) -> None:
+    """The row says the blob is being (or was) purged, or never verified, while an
+    available document references it: what invariant 3 forbids (its object would go)."""
+    alice = world.alice
+    world.sql(
+        "UPDATE s3outbox.blobs SET status = %s WHERE object_key = %s", (status, alice.object_key)
+    )
+    report = world.fails(CheckName.BLOBS, settled=False)
+    problems = report.check(CheckName.BLOBS).problems
+    assert any(str(alice.id) in p and f"({status})" in p for p in problems), problems
+
+
+def test_a_waiting_document_with_no_upload_to_wait_on(world: World, outbox: Outbox) -> None:
+    carol = world.carol
+    with psycopg.connect(world.settings.database_url) as c:
+        waiting = request(outbox, c, "carol", world.carol_body, filename="copy.pdf").document
+    assert waiting.status == DocumentStatus.WAITING
+    world.passes(settled=False)  # waiting on carol's upload in progress: as it should
+    world.sql("UPDATE s3outbox.documents SET status = 'available' WHERE id = %s", (carol.id,))
+    world.sql(
+        "UPDATE s3outbox.blobs SET status = 'uploading' WHERE object_key = %s", (carol.object_key,)
+    )
+    report = world.fails(CheckName.BLOBS, CheckName.CHARGES, settled=False)
+    assert any(
+        str(waiting.id) in p and "no document uploading it" in p
+        for p in report.check(CheckName.BLOBS).problems
+    )
+
+
+def test_a_document_that_declares_other_content_than_its_blob(world: World) -> None:
+    bob = world.bob
+    world.sql("UPDATE s3outbox.documents SET sha256 = %s WHERE id = %s", ("ab" * 32, bob.id))
+    report = world.fails(CheckName.BLOBS)
+    (problem,) = report.check(CheckName.BLOBS).problems
+    assert str(bob.id) in problem and "ab" * 32 in problem
+
+
+def test_a_shared_object_unlike_its_blob_names_every_document(world: World) -> None:
+    """bob shares alice's blob (his own retired and purged), then the shared object is
+    overwritten: one object, one problem naming both documents."""
+    alice, bob = world.alice, world.bob
+    world.sql(
+        "UPDATE s3outbox.documents SET object_key = %s WHERE id = %s", (alice.object_key, bob.id)
+    )
+    world.sql(
+        "UPDATE s3outbox.blobs SET status = 'deleted' WHERE object_key = %s", (bob.object_key,)
+    )
+    world.s3.delete_object(Bucket=world.settings.s3_bucket, Key=bob.object_key)
+    world.passes()
+    world.put_raw(alice.object_key, _other_bytes(world.body), alice.content_type)
+    report = world.fails(CheckName.OBJECTS)
+    (problem,) = report.check(CheckName.OBJECTS).problems
+    assert str(alice.id) in problem and str(bob.id) in problem
+
+
+def test_a_blob_left_deleting_once_settled(world: World) -> None:
+    carol = world.carol
+    world.sql(
+        "UPDATE s3outbox.documents SET status = 'deleted', reserved_bytes = 0 WHERE id = %s",
+        (carol.id,),
+    )
+    world.sql(
+        "UPDATE s3outbox.quotas SET reserved_bytes = reserved_bytes - %s WHERE owner_id = %s",
+        (carol.declared_size, carol.owner_id),
+    )
+    world.sql(
+        "UPDATE s3outbox.blobs SET status = 'deleting' WHERE object_key = %s", (carol.object_key,)
+    )
+    world.s3.delete_object(Bucket=world.settings.s3_bucket, Key=carol.object_key)
+    world.passes(settled=False)
+    report = world.fails(CheckName.WAITING)
+    assert report.check(CheckName.WAITING).problems == [f"blob {carol.object_key} is deleting"]
 
 
 # -- 5: events and documents left waiting --------------------------------------------------

@@ -507,7 +507,8 @@ def catalog_world(base_settings: Settings) -> Iterator[tuple[World, Settings]]:
     )
     with psycopg.connect(settings.database_url, autocommit=True) as c:
         c.execute(
-            "TRUNCATE s3outbox.events, s3outbox.documents, s3outbox.quotas, s3outbox.document_parts"
+            "TRUNCATE s3outbox.events, s3outbox.documents, s3outbox.quotas,"
+            " s3outbox.document_parts, s3outbox.blobs"
         )
     with psycopg.connect(settings.database_url) as conn, inline_worker_for(settings) as worker:
         yield World(Outbox(settings), conn, worker), settings

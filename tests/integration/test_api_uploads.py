@@ -214,9 +214,11 @@ def test_storage_refuses_an_expired_url(outbox, conn):
 # -- de-duplication ------------------------------------------------------------------------
 
 
-def test_same_content_available_is_deduplicated_without_url_or_reservation(
+def test_same_content_available_is_a_new_document_sharing_the_blob_charged_at_once(
     outbox, conn, inline_worker, settings
 ):
+    """Issue 12: the second request is its own document (its name), on the same blob, with no
+    URL, available in the request's transaction and charged; nothing else changes."""
     body = body_of(2000)
     first = request(outbox, conn, body, filename="one.bin")
     conn.commit()
@@ -225,19 +227,24 @@ def test_same_content_available_is_deduplicated_without_url_or_reservation(
     conn.commit()
     inline_worker.drain()
     assert quota_row(settings, "alice")[1:] == (2000, 0)
-    before = snapshot(settings)
+    events_before = sql(settings, "SELECT count(*) FROM s3outbox.events")
 
     again = request(outbox, conn, body, filename="two.bin")
     conn.commit()
     assert again.deduplicated is True
     assert again.url is None and again.headers == {} and again.expires_at is None
-    assert again.document.id == first.document.id
+    assert again.document.id != first.document.id
     assert again.document.status == DocumentStatus.AVAILABLE
-    assert again.document.filename == "one.bin"
-    assert snapshot(settings) == before  # no second reservation, no new row or event
+    assert again.document.filename == "two.bin"
+    assert again.document.object_key == first.document.object_key
+    assert quota_row(settings, "alice")[1:] == (4000, 0)  # each document pays its size
+    assert sql(settings, "SELECT count(*) FROM s3outbox.events") == events_before
+    assert sql(settings, "SELECT count(*), sum(size) FROM s3outbox.blobs") == [(1, 2000)]
 
 
-def test_same_content_uploaded_is_deduplicated_without_url(outbox, conn, settings):
+def test_the_same_request_after_its_confirm_returns_its_document_without_url(
+    outbox, conn, settings
+):
     body = body_of(300)
     first = request(outbox, conn, body)
     conn.commit()

@@ -29,7 +29,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from outbox import MigrationLocked, Outbox, Settings, migrate, queries, schema
-from outbox.constants import DocumentStatus, EventStatus, Topic
+from outbox.constants import BlobStatus, DocumentStatus, EventStatus, Topic
 from outbox.schema import Migration
 from tests.support import catalog
 from tests.support.core import ROOT, child_env, sha256_hex
@@ -158,17 +158,61 @@ def run_process(argv: list[str], env: dict[str, str], timeout: float = 90) -> tu
 # -- data of every state, written with the columns of the first release ----------------------
 
 SIZE = 100
+#: The document states of the first release (``waiting`` came with blobs, in 0006).
+SEED_STATUSES = [s for s in DocumentStatus if s != DocumentStatus.WAITING]
+#: The events ``seed`` writes: every topic of the first release in every state.
+SEED_EVENTS = [(topic, status) for topic in FIRST_TOPICS for status in EventStatus]
+
+
+def seed_doc_id(i: int) -> str:
+    return f"00000000-0000-4000-8000-{i + 1:012d}"
+
+
+def seed_event_doc(n: int) -> str:
+    return seed_doc_id(n % len(SEED_STATUSES))
+
+
+def expected_blob_status(i: int, status: DocumentStatus) -> BlobStatus:
+    """What migration 0006 makes of the blob of seeded document ``i``: uploading while it
+    uploads, verified when available, deleting while a purge of it is due, deleted after."""
+    if status in (DocumentStatus.PENDING, DocumentStatus.UPLOADED):
+        return BlobStatus.UPLOADING
+    if status == DocumentStatus.AVAILABLE:
+        return BlobStatus.VERIFIED
+    purge_due = any(
+        topic == Topic.PURGE
+        and state in (EventStatus.PENDING, EventStatus.DISPATCHED)
+        and seed_event_doc(n) == seed_doc_id(i)
+        for n, (topic, state) in enumerate(SEED_EVENTS)
+    )
+    if status == DocumentStatus.DELETING or purge_due:
+        return BlobStatus.DELETING
+    return BlobStatus.DELETED
+
+
+def has_blobs(conn: Conn) -> bool:
+    row = conn.execute("SELECT to_regclass('s3outbox.blobs') IS NOT NULL").fetchone()
+    return row == (True,)
 
 
 def seed(conn: Conn) -> None:
-    """Documents in every state, events of every topic in every state, two quotas, written
-    with only the columns of the first release (5576fa9), which every version has."""
+    """Documents in every state of the first release, events of every topic in every state,
+    two quotas, written with only the columns of the first release (5576fa9), which every
+    version has. A version that has blobs gets each document's blob as 0006 would make it."""
     charged = {DocumentStatus.AVAILABLE, DocumentStatus.DELETING}
     reserved = {DocumentStatus.PENDING, DocumentStatus.UPLOADED}
+    blobs = has_blobs(conn)
     docs = []
-    for i, status in enumerate(DocumentStatus):
-        doc_id = f"00000000-0000-4000-8000-{i + 1:012d}"
+    for i, status in enumerate(SEED_STATUSES):
+        doc_id = seed_doc_id(i)
         docs.append(doc_id)
+        key = f"legacy/{doc_id}"
+        if blobs:
+            conn.execute(
+                "INSERT INTO s3outbox.blobs (object_key, size, sha256, content_type, status)"
+                " VALUES (%s, %s, %s, 'text/plain', %s)",
+                (key, SIZE, sha256_hex(status.value.encode()), expected_blob_status(i, status)),
+            )
         conn.execute(
             "INSERT INTO s3outbox.documents (id, owner_id, object_key, filename, content_type,"
             " declared_size, sha256, status, verified_size, reserved_bytes, charged_bytes,"
@@ -177,7 +221,7 @@ def seed(conn: Conn) -> None:
             " '2030-01-01T00:00:00Z')",
             (
                 doc_id,
-                f"legacy/{doc_id}",
+                key,
                 f"{status.value}.txt",
                 SIZE,
                 sha256_hex(status.value.encode()),
@@ -193,12 +237,11 @@ def seed(conn: Conn) -> None:
         " VALUES ('alice', 10000, %s, %s), ('bob', 500, 0, 0)",
         (SIZE * len(charged), SIZE * len(reserved)),
     )
-    kinds = [(topic, status) for topic in FIRST_TOPICS for status in EventStatus]
-    for n, (topic, status) in enumerate(kinds):
+    for n, (topic, status) in enumerate(SEED_EVENTS):
         conn.execute(
             "INSERT INTO s3outbox.events (topic, document_id, status, attempts, failures,"
             " last_error, trace_id) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-            (topic.value, docs[n % len(docs)], status.value, n % 3, n % 2, f"error {n}", f"t{n}"),
+            (topic.value, seed_event_doc(n), status.value, n % 3, n % 2, f"error {n}", f"t{n}"),
         )
 
 
@@ -226,8 +269,9 @@ def check_upgraded(url: str, before: dict[str, list[tuple[Any, ...]]], settings:
     the identity goes on, and the library works on the database."""
     with connect(url) as c:
         assert data(c) == before
-        assert len(before["documents"]) == len(DocumentStatus)
-        assert len(before["events"]) == len(FIRST_TOPICS) * len(EventStatus)
+        assert len(before["documents"]) == len(SEED_STATUSES)
+        assert len(before["events"]) == len(SEED_EVENTS)
+        check_blobs(c)
         assert c.execute("SELECT DISTINCT rescues, object_key FROM s3outbox.events").fetchall() == [
             (0, None)
         ]
@@ -253,6 +297,30 @@ def check_upgraded(url: str, before: dict[str, list[tuple[Any, ...]]], settings:
         assert outbox.quota(c, owner_id="bob").reserved_bytes == 10
 
 
+def check_blobs(conn: Conn) -> None:
+    """Each seeded document references its own blob, which holds its declared size, SHA-256
+    and type, in the state 0006 gives it (``expected_blob_status``)."""
+    rows = conn.execute(
+        "SELECT d.id::text, d.status, b.object_key = d.object_key, b.size, b.sha256 = d.sha256,"
+        " b.content_type, b.status FROM s3outbox.documents d"
+        " JOIN s3outbox.blobs b ON b.object_key = d.object_key ORDER BY d.id"
+    ).fetchall()
+    assert rows == [
+        (
+            seed_doc_id(i),
+            status.value,
+            True,
+            SIZE,
+            True,
+            "text/plain",
+            expected_blob_status(i, status).value,
+        )
+        for i, status in enumerate(SEED_STATUSES)
+    ]
+    count = conn.execute("SELECT count(*) FROM s3outbox.blobs").fetchone()
+    assert count == (len(SEED_STATUSES),)
+
+
 # -- schema.sql == every migration ----------------------------------------------------------
 
 
@@ -273,7 +341,8 @@ def test_every_migration_gives_the_catalog_of_schema_sql(
         "column events #1 id: bigint NOT NULL GENERATED ALWAYS AS IDENTITY",
         "column documents #8 status: text NOT NULL DEFAULT 'pending'::text",
         "constraint quotas.quotas_bounds (c): CHECK (",
-        "index documents_owner_live_sha256: CREATE UNIQUE INDEX",
+        "index documents_one_uploader: CREATE UNIQUE INDEX",
+        "constraint documents.documents_object_key_fkey (f): FOREIGN KEY (object_key)",
         "function s3outbox.accept_verified(bigint,uuid,text,bigint,text,text,bigint,timestamp",
         "trigger events.events_notify: CREATE TRIGGER events_notify AFTER INSERT",
     ):

@@ -670,7 +670,7 @@ def test_an_orphaned_upload_is_aborted_by_the_sweeper(
 def test_reconcile_checks_multipart_documents_and_aborts_orphan_uploads(
     outbox: Outbox, conn: Conn, inline_worker: InlineWorker, settings: Settings, storage: Storage
 ) -> None:
-    from harness.invariants import check_invariants
+    from harness.invariants import CheckName, check_invariants
     from worker.ops.reconcile import format_report, reconcile
 
     good = request(outbox, conn)
@@ -713,9 +713,7 @@ def test_reconcile_checks_multipart_documents_and_aborts_orphan_uploads(
         ChecksumSHA256=base64.b64encode(hashlib.sha256(bytes(THREE_PARTS)).digest()).decode(),
     )
     report = check_invariants(settings, settled=False)
-    assert [c.name for c in report.failures()] == [
-        "1/3 every available document's object exists and matches"
-    ]
+    assert [c.name for c in report.failures()] == [CheckName.OBJECTS]
     broken = reconcile(settings, apply=True, horizon=0, storage=storage)
     assert broken.documents_rejected == 1
     assert broken.broken[0].problem == (

@@ -115,6 +115,8 @@ MACHINE_SETTINGS: dict[str, Any] = {
 _NEXT: dict[str, set[str]] = {
     "pending": {"uploaded", "available", "expired", "deleting"},
     "uploaded": {"available", "rejected", "deleting"},
+    # Waiting on the owner's upload of the same content: ends with it.
+    "waiting": {"available", "rejected", "deleting"},
     "available": {"deleting"},
     "rejected": {"deleted"},
     "expired": {"deleted"},
@@ -143,7 +145,23 @@ SEEN: Counter[str] = Counter()
 #: How an example's first documents start (``seed_documents``): requested only, uploaded
 #: and never confirmed, confirmed, confirmed without an upload, the same with a verify that
 #: already snoozed, tampered with and confirmed.
-SEED_KINDS = ("requested", "uploaded", "confirmed", "confirmed_missing", "snoozed", "tampered")
+SEED_KINDS = (
+    "requested",
+    "uploaded",
+    "confirmed",
+    "confirmed_missing",
+    "snoozed",
+    "tampered",
+    # The same content again under a second name, at once (it waits on the upload), or once
+    # the first was verified (it shares the blob).
+    "second_name",
+    "shared",
+    # Verified, then the same content uploaded by the next owner: its own URL, then a dedup
+    # moves its document to the first blob (across owners).
+    "other_owner",
+)
+#: The shared-content seeds, one of which most examples get on top of ``seeds``.
+BLOB_SEEDS = ("shared", "other_owner", "second_name", "both_deleted")
 SEED_TTL = 60  # seconds: shorter than any rule's, so a few small moves of the clock expire it
 #: What a run must have exercised, or it proved little: the test fails without each of them.
 #: Counted in the steps only (not in the final settling, which reaches every end state by
@@ -164,7 +182,15 @@ COVERAGE = (
     "step: expire done",  # an abandoned upload expired (to expired, or available if it came)
     "step: purge done",
     "events rescued",
-    "request: a duplicate",
+    "request: retry",
+    "request: wait",
+    "request: share",
+    # The same content again once its last reference was deleted (the blob deleting, its
+    # purge maybe not run yet): a new blob of its own, never the deleting one.
+    "request: after the last reference left",
+    "delete: one of several references",
+    "delete: the last reference",
+    "moved to a shared blob",  # a dedup across owners
     "right PUT while pending",
     "upload confirmed",
     "interleaved: any",
@@ -218,7 +244,8 @@ class World:
         self.storage.disarm()
         with psycopg.connect(self.settings.database_url, autocommit=True) as c:
             c.execute(
-                "TRUNCATE s3outbox.events, s3outbox.documents, s3outbox.quotas RESTART IDENTITY"
+                "TRUNCATE s3outbox.events, s3outbox.documents, s3outbox.quotas, s3outbox.blobs"
+                " RESTART IDENTITY"
             )
         paginator = self.storage.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(
@@ -284,14 +311,38 @@ class OutboxMachine(RuleBasedStateMachine):
             return self.settings.default_quota_bytes, 0, 0
         return int(row[0]), int(row[1]), int(row[2])
 
-    def live_duplicate(self, owner: str, body: bytes) -> tuple[uuid.UUID, str, datetime] | None:
+    def owner_content(self, owner: str, body: bytes) -> list[tuple[Any, ...]]:
+        """The owner's live documents of this content: (id, status, created_at, filename,
+        key, blob status), oldest first."""
+        return self.db.execute(
+            "SELECT d.id, d.status, d.created_at, d.filename, d.object_key, b.status"
+            " FROM s3outbox.documents d JOIN s3outbox.blobs b ON b.object_key = d.object_key"
+            " WHERE d.owner_id = %s AND d.sha256 = %s"
+            " AND d.status IN ('pending', 'uploaded', 'waiting', 'available')"
+            " ORDER BY d.created_at, d.id",
+            (owner, sha256_hex(body)),
+        ).fetchall()
+
+    def content_left(self, owner: str, body: bytes) -> bool:
+        """Whether a blob of the owner's content went ``deleting`` with its last reference
+        (its object maybe not purged yet)."""
         row = self.db.execute(
-            "SELECT id, status, created_at FROM s3outbox.documents"
-            " WHERE owner_id = %s AND sha256 = %s"
-            " AND status IN ('pending', 'uploaded', 'available')",
+            "SELECT EXISTS (SELECT FROM s3outbox.documents d"
+            " JOIN s3outbox.blobs b ON b.object_key = d.object_key"
+            " WHERE d.owner_id = %s AND d.sha256 = %s AND b.status = 'deleting')",
             (owner, sha256_hex(body)),
         ).fetchone()
-        return None if row is None else (row[0], str(row[1]), row[2])
+        assert row is not None
+        return bool(row[0])
+
+    def live_on_key(self, key: str) -> int:
+        row = self.db.execute(
+            "SELECT count(*) FROM s3outbox.documents WHERE object_key = %s"
+            " AND status IN ('pending', 'uploaded', 'waiting', 'available')",
+            (key,),
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
 
     def pick(self, items: list[Any], index: int) -> Any:
         return items[index % len(items)]
@@ -308,28 +359,51 @@ class OutboxMachine(RuleBasedStateMachine):
         info = self.storage.head(key)
         return None if info is None else (info.size, info.content_type, info.sha256_b64)
 
+    def waiting_on(self, doc: DocModel) -> list[DocModel]:
+        """The documents waiting on ``doc``'s blob (they end with its upload)."""
+        return [
+            d
+            for d in self.docs
+            if d is not doc and d.key == doc.key and self.status(d) == DocumentStatus.WAITING
+        ]
+
     def note_put(self, doc: DocModel, status_before: str) -> None:
         doc.last_write = "good"
         doc.good_while_pending = status_before == DocumentStatus.PENDING
+        for waiting in self.waiting_on(doc):
+            waiting.last_write = "good"
 
     def note_tamper(self, doc: DocModel) -> None:
-        doc.last_write = "bad"
-        doc.good_while_pending = False
-        doc.tampered += 1
+        for d in (doc, *self.waiting_on(doc)):
+            d.last_write = "bad"
+            d.good_while_pending = False
+            d.tampered += 1
 
     def request(
-        self, owner: str, content: int, ttl: int, *, commit: bool = True
+        self, owner: str, content: int, ttl: int, *, name: int = 0, commit: bool = True
     ) -> IssuedUrl | None:
-        """request_upload, checked against the quota and the de-duplication rules. Returns
-        the upload URL this request issued (None when it issued none)."""
+        """request_upload under filename ``name`` (0 or 1), checked against the quota and the
+        rules of documents and blobs: the same request again (name, type, size) is a retry of
+        the document it made; the owner's content verified is shared by a new available
+        document, still uploading is waited on by a new waiting one; else a new upload.
+        Returns the upload URL this request issued (None when it issued none)."""
+        # Every request at its own instant (a microsecond later), as in life: the blobs it
+        # makes are ordered by creation, not by their random keys (which a replay changes).
+        self.now += timedelta(microseconds=1)
         body, ctype = CONTENTS[content]
+        filename = f"file-{content}-{name}.bin"
         limit, used, reserved = self.quota(owner)
-        dup = self.live_duplicate(owner, body)
+        same = self.owner_content(owner, body)
+        retry = next((r for r in same if r[1] != "available" and r[3] == filename), None)
+        verified = next((r for r in same if r[5] == "verified"), None)
+        uploading = next((r for r in same if r[5] == "uploading"), None)
+        expect = "retry" if retry else "share" if verified else "wait" if uploading else "new"
+        left = expect == "new" and self.content_left(owner, body)
         try:
             ticket = self.outbox.request_upload(
                 self.conn,
                 owner_id=owner,
-                filename=f"file-{content}.bin",
+                filename=filename,
                 content_type=ctype,
                 size=len(body),
                 sha256=sha256_hex(body),
@@ -338,38 +412,56 @@ class OutboxMachine(RuleBasedStateMachine):
             )
         except QuotaExceeded as exc:
             self.conn.rollback()
-            assert dup is None, "a duplicate needs no new reservation"
+            assert expect != "retry", "a retry needs no new reservation"
             assert used + reserved + len(body) > limit, (used, reserved, len(body), limit)
             assert (exc.used, exc.reserved, exc.limit) == (used, reserved, limit)
             return None
         except UploadWindowClosed:
             self.conn.rollback()
-            assert dup is not None and dup[1] == DocumentStatus.PENDING
-            left = self.window_left(dup[2])
+            assert retry is not None and retry[1] == DocumentStatus.PENDING
+            left = self.window_left(retry[2])
             assert left < min(ttl, 60), f"refused with {left}s of the upload window left"
             note("request: upload window closed")
             return None
         if not commit:
             self.conn.rollback()
-            assert self.live_duplicate(owner, body) == dup, "a rolled-back request left a row"
+            assert self.owner_content(owner, body) == same, "a rolled-back request left a row"
             assert self.quota(owner)[1:] == (used, reserved)
             return None
         self.conn.commit()
         doc_id = ticket.document.id
-        note(f"request: duplicate of {dup[1] if dup else None}")
-        if dup is not None:
-            note("request: a duplicate")
-            assert ticket.deduplicated and doc_id == dup[0]
-            assert (ticket.url is None) == (dup[1] != DocumentStatus.PENDING)
-            assert self.quota(owner)[1:] == (used, reserved), "a duplicate reserved again"
+        note(f"request: {expect}")
+        size = len(body)
+        if expect == "retry":
+            assert retry is not None
+            assert ticket.deduplicated and doc_id == retry[0]
+            assert (ticket.url is None) == (retry[1] != DocumentStatus.PENDING)
+            assert self.quota(owner)[1:] == (used, reserved), "a retry reserved again"
+        elif expect == "share":
+            assert verified is not None
+            assert ticket.deduplicated and ticket.url is None and doc_id != verified[0]
+            assert ticket.document.status == DocumentStatus.AVAILABLE
+            assert ticket.document.object_key == verified[4]
+            assert self.quota(owner)[1:] == (used + size, reserved), "a share is charged"
+        elif expect == "wait":
+            assert uploading is not None
+            assert ticket.deduplicated and ticket.url is None and doc_id != uploading[0]
+            assert ticket.document.status == DocumentStatus.WAITING
+            assert ticket.document.object_key == uploading[4]
+            assert self.quota(owner)[1:] == (used, reserved + size), "a wait is reserved"
         else:
             assert not ticket.deduplicated and ticket.url is not None
-            assert used + reserved + len(body) <= limit
-            assert self.quota(owner)[1:] == (used, reserved + len(body))
+            assert used + reserved + size <= limit
+            assert self.quota(owner)[1:] == (used, reserved + size)
+            # Invariant 8: a new blob's key is the server's, whatever the filename (so never
+            # the key of a blob that went deleting with its last reference).
+            assert ticket.document.object_key == object_key(self.settings, doc_id)
+            if left:
+                note("request: after the last reference left")
         if ticket.url is not None:
             # This URL's expiry: the request's instant + the TTL, cut to what remains of the
             # document's upload window (its creation + the longest TTL) for a fresh URL.
-            granted = ttl if dup is None else min(ttl, int(self.window_left(dup[2])))
+            granted = ttl if retry is None else min(ttl, int(self.window_left(retry[2])))
             assert ticket.expires_at == self.now + timedelta(seconds=granted), "not this URL's"
             created = ticket.document.created_at
             assert ticket.expires_at <= created + timedelta(seconds=self.max_ttl)
@@ -378,11 +470,13 @@ class OutboxMachine(RuleBasedStateMachine):
             issued = [u.expires_at for u in known.urls] if known is not None else []
             latest = max([ticket.expires_at, *issued])
             assert ticket.document.upload_expires_at == latest, "the expiry is not the latest"
-        # Invariant 8: the key is the server's, whatever the filename.
-        assert ticket.document.object_key == object_key(self.settings, doc_id)
         doc = self.by_id.get(doc_id)
         if doc is None:
             doc = DocModel(doc_id, owner, ticket.document.object_key, body, ctype)
+            doc.last_status = ticket.document.status.value
+            if expect == "wait":  # what was written to the blob so far is its uploader's
+                uploader = self.by_id.get(uploading[0]) if uploading else None
+                doc.last_write = uploader.last_write if uploader else "none"
             self.docs.append(doc)
             self.by_id[doc_id] = doc
         if ticket.url is None:
@@ -454,39 +548,37 @@ class OutboxMachine(RuleBasedStateMachine):
         then=st.sampled_from(
             [None, "sent", "lost_long_ago", "lost_long_ago", "handled", "expired"]
         ),
+        # One more seed of shared content in most examples: two seeds of one owner's content
+        # in a list of up to four are too rare for the rules of blobs to be exercised every run.
+        blob_seed=st.sampled_from((*BLOB_SEEDS, None)),
+        blob_content=st.integers(0, len(CONTENTS) - 1),
     )
-    def seed_documents(self, seeds: list[tuple[str, int]], then: str | None) -> None:
+    def seed_documents(
+        self,
+        seeds: list[tuple[str, int]],
+        then: str | None,
+        blob_seed: str | None = None,
+        blob_content: int = 0,
+    ) -> None:
         """A few documents in states that lead somewhere, made with the rules' own code: a
         30-step example seldom builds a document whose object never comes, or one tampered
         with before its verify, and then also moves the clock past its deadline. Their URLs
         are short (``SEED_TTL``), so most moves of the clock expire them. ``then``: the relay
         has sent their events and no worker has taken them yet, or Redis lost them long
         enough ago that they are stale, or the workers handled them once, or their URLs
-        expired and the processes did a round (abandoned ones expired, lost confirms found)."""
+        expired and the processes did a round (abandoned ones expired, lost confirms found).
+        ``blob_seed``: one more of the shared-content kinds; ``both_deleted`` is ``shared``
+        whose two documents are then deleted, one of two references and then the last, and
+        the same content asked for again at once (a new blob, never the deleting one)."""
         for k, (kind, content) in enumerate(seeds):
-            owner = OWNERS[k % len(OWNERS)]
-            issued = self.request(owner, content, SEED_TTL)
-            if issued is None:
-                continue  # a duplicate of a document seeded before
-            doc = self.by_id[issued.ticket.document.id]
-            if kind in ("uploaded", "confirmed", "tampered"):
-                self.put_right(issued)
-            if kind == "tampered":
-                self.tamper_with(doc, "same_size_checksum")
-            if kind in ("confirmed", "confirmed_missing", "snoozed", "tampered"):
-                self.outbox.confirm(self.conn, owner_id=owner, document_id=doc.id, now=self.now)
-                self.conn.commit()
-            if kind == "snoozed":
-                # A worker already looked for the object: not there yet, so it snoozed.
-                self.relay.run_once(now=self.now)
-                self.record_dispatched()
-                for event_id, attempt in self.db.execute(
-                    "SELECT id, attempts FROM s3outbox.events"
-                    " WHERE status = 'dispatched' AND document_id = %s",
-                    (doc.id,),
-                ).fetchall():
-                    self.process(event_id, attempt, self.now)
-            note(f"seeded {kind}")
+            self.seed_one(OWNERS[k % len(OWNERS)], kind, content, k)
+        if blob_seed is not None:
+            k = len(seeds)
+            kind = "shared" if blob_seed == "both_deleted" else blob_seed
+            first = self.seed_one(OWNERS[k % len(OWNERS)], kind, blob_content, k)
+            if blob_seed == "both_deleted" and first is not None:
+                for doc in [d for d in self.docs if d.key == first.key]:
+                    self.delete(self.docs.index(doc), True, again=doc is not first)
         if then in ("sent", "lost_long_ago", "handled"):
             self.relay_once()
         if then == "lost_long_ago":
@@ -497,6 +589,64 @@ class OutboxMachine(RuleBasedStateMachine):
             self.now += timedelta(seconds=SEED_TTL + 1) + self.grace
             self.workers_round(random.Random(len(seeds)), None)
 
+    def seed_one(self, owner: str, kind: str, content: int, k: int) -> DocModel | None:
+        """One seeded document of ``kind`` (``SEED_KINDS``); None when its request issued no
+        URL (over quota, or content the owner has already)."""
+        issued = self.request(owner, content, SEED_TTL)
+        if issued is None:
+            return None
+        doc: DocModel = self.by_id[issued.ticket.document.id]
+        if kind in ("uploaded", "confirmed", "tampered", "shared", "other_owner"):
+            self.put_right(issued)
+        if kind == "tampered":
+            self.tamper_with(doc, "same_size_checksum")
+        if kind in (
+            "confirmed",
+            "confirmed_missing",
+            "snoozed",
+            "tampered",
+            "shared",
+            "other_owner",
+        ):
+            self.outbox.confirm(self.conn, owner_id=owner, document_id=doc.id, now=self.now)
+            self.conn.commit()
+        if kind in ("snoozed", "shared", "other_owner"):
+            # A worker already looked for the object: not there yet, so it snoozed; or
+            # there, so the document is available.
+            self.handle_events_of(doc)
+        if kind in ("second_name", "shared"):
+            self.request(owner, content, SEED_TTL, name=1)
+        if kind == "other_owner":
+            self.seed_other_owner(doc, OWNERS[(k + 1) % len(OWNERS)], content)
+        note(f"seeded {kind}")
+        return doc
+
+    def handle_events_of(self, doc: DocModel) -> None:
+        """The relay sends, and a worker handles, the events of ``doc`` there are now."""
+        self.relay.run_once(now=self.now)
+        self.record_dispatched()
+        for event_id, attempt in self.db.execute(
+            "SELECT id, attempts FROM s3outbox.events"
+            " WHERE status = 'dispatched' AND document_id = %s ORDER BY id",
+            (doc.id,),
+        ).fetchall():
+            self.process(event_id, attempt, self.now)
+
+    def seed_other_owner(self, first: DocModel, owner: str, content: int) -> None:
+        """``owner`` uploads ``first``'s content too: a URL of its own (no existence leak),
+        its verify queues a dedup, which moves its document to ``first``'s blob (if that is
+        still verified) and purges its own object."""
+        issued = self.request(owner, content, SEED_TTL)
+        if issued is None:
+            return  # over quota, or the owner has this content already: no upload
+        doc = self.by_id[issued.ticket.document.id]
+        assert doc.key != first.key, "another owner's request got the first owner's blob"
+        self.put_right(issued)
+        self.outbox.confirm(self.conn, owner_id=owner, document_id=doc.id, now=self.now)
+        self.conn.commit()
+        self.handle_events_of(doc)  # verify: available, a dedup queued
+        self.handle_events_of(doc)  # the dedup (the relay sends what verify queued)
+
     # -- the web app ---------------------------------------------------------------------
 
     @rule(
@@ -504,20 +654,25 @@ class OutboxMachine(RuleBasedStateMachine):
         content=st.integers(0, len(CONTENTS) - 1),
         ttl=st.sampled_from(TTLS),
         commit=st.sampled_from([True, True, True, True, False]),
+        name=st.integers(0, 1),
     )
-    def request_upload(self, owner: str, content: int, ttl: int, commit: bool) -> None:
-        self.request(owner, content, ttl, commit=commit)
+    def request_upload(
+        self, owner: str, content: int, ttl: int, commit: bool, name: int = 0
+    ) -> None:
+        self.request(owner, content, ttl, name=name, commit=commit)
 
     @rule(
         owner=st.sampled_from(OWNERS),
         content=st.integers(0, len(CONTENTS) - 1),
         confirm=st.booleans(),
+        name=st.integers(0, 1),
     )
-    def upload(self, owner: str, content: int, confirm: bool) -> None:
+    def upload(self, owner: str, content: int, confirm: bool, name: int = 0) -> None:
         """The usual browser flow in one step: request, PUT the right body with the URL just
-        issued, maybe confirm that document. (No URL issued: refused over quota, or a
-        duplicate of a document already confirmed; nothing to upload.)"""
-        issued = self.request(owner, content, self.settings.upload_url_ttl_seconds)
+        issued, maybe confirm that document. (No URL issued: refused over quota, a retry of
+        a document already confirmed, or the content is the owner's already: shared or
+        waited on; nothing to upload.)"""
+        issued = self.request(owner, content, self.settings.upload_url_ttl_seconds, name=name)
         if issued is None:
             return
         # Just issued at self.now with the full TTL: storage and the model both take it.
@@ -565,15 +720,15 @@ class OutboxMachine(RuleBasedStateMachine):
         if how == "right":
             self.put_right(url)
             return
-        doc = self.by_id[url.ticket.document.id]
+        key = url.ticket.document.object_key  # the URL's (its document may share another now)
         wrong = {
             "same_size": bytes([url.body[0] ^ 0xFF]) + url.body[1:],
             "longer": url.body + b"!",
         }[how]
-        before = self.head_tuple(doc.key)
+        before = self.head_tuple(key)
         resp = put(url.ticket, wrong)
         assert not resp.ok, f"storage took a body that does not match the signed URL ({how})"
-        assert self.head_tuple(doc.key) == before, "a refused PUT changed the object"
+        assert self.head_tuple(key) == before, "a refused PUT changed the object"
 
     @precondition(lambda self: bool(self.docs))
     @rule(i=st.integers(0, 1000), other_owner=st.booleans())
@@ -597,11 +752,26 @@ class OutboxMachine(RuleBasedStateMachine):
         assert got.status == expected and self.status(doc) == expected
 
     @precondition(lambda self: bool(self.docs))
-    @rule(i=st.integers(0, 1000), commit=st.sampled_from([True, True, True, False]))
-    def delete(self, i: int, commit: bool) -> None:
-        doc: DocModel = self.pick(self.docs, i)
+    @rule(
+        i=st.integers(0, 1000),
+        commit=st.sampled_from([True, True, True, False]),
+        shared=st.booleans(),
+        again=st.booleans(),
+    )
+    def delete(self, i: int, commit: bool, shared: bool = False, again: bool = False) -> None:
+        """Delete a document (``shared``: one of a blob's several live references, if there
+        is one); ``again``: then the owner asks for the same content at once (after the last
+        reference, the blob is deleting and its purge not run yet: the losing order of the
+        race of a new reference against the last delete, which must get a new blob)."""
+        docs = self.docs
+        if shared:
+            docs = [
+                d for d in self.docs if self.status(d) in LIVE and self.live_on_key(d.key) > 1
+            ] or self.docs
+        doc: DocModel = self.pick(docs, i)
         before = self.status(doc)
         had = self.head_tuple(doc.key)
+        others = self.live_on_key(doc.key) - (before in LIVE)
         got = self.outbox.delete(self.conn, owner_id=doc.owner, document_id=doc.id, now=self.now)
         if not commit:
             self.conn.rollback()
@@ -613,10 +783,22 @@ class OutboxMachine(RuleBasedStateMachine):
         doc.deleted_by_test = True
         if before in LIVE:
             assert got.status == DocumentStatus.DELETING
+            note("delete: one of several references" if others else "delete: the last reference")
         elif before in (DocumentStatus.REJECTED, DocumentStatus.EXPIRED):
             assert got.status == DocumentStatus.DELETED
         else:
             assert got.status == before
+        # The blob lives exactly while a live document references it (the documents waiting
+        # on an upload deleted before it finished were rejected with it).
+        left = self.live_on_key(doc.key)
+        blob = self.db.execute(
+            "SELECT status FROM s3outbox.blobs WHERE object_key = %s", (doc.key,)
+        ).fetchone()
+        assert blob is not None, f"the blob of {doc.id} vanished"
+        assert (blob[0] in ("deleting", "deleted")) == (left == 0), (doc.id, blob[0], left)
+        if again and before in LIVE:
+            content = next(n for n, (b, _t) in enumerate(CONTENTS) if b == doc.body)
+            self.request(doc.owner, content, max(TTLS), name=1)
 
     @precondition(lambda self: bool(self.docs))
     @rule(i=st.integers(0, 1000), other_owner=st.booleans())
@@ -794,8 +976,8 @@ class OutboxMachine(RuleBasedStateMachine):
         elif action == "tight_limit":
             self.set_limit(doc.owner, None)
         elif action == "request":
-            content = next(i for i, (b, _t) in enumerate(CONTENTS) if b == doc.body)
-            self.request(doc.owner, content, max(TTLS))
+            content = next(n for n, (b, _t) in enumerate(CONTENTS) if b == doc.body)
+            self.request(doc.owner, content, max(TTLS), name=1)
 
     @rule(job=st.sampled_from(SWEEPER_JOBS))
     def sweep(self, job: str) -> None:
@@ -853,7 +1035,13 @@ class OutboxMachine(RuleBasedStateMachine):
             doc = self.by_id.get(doc_id)
             assert doc is not None, f"a document the test never requested: {doc_id}"
             assert owner == doc.owner
-            assert key == f"{self.settings.key_prefix}{doc_id}" == doc.key
+            # Invariant 8: the key of a blob made by a document of this content (its own, or
+            # one it shares: a second name, or a dedup across owners once verified).
+            maker = self.by_id.get(uuid.UUID(key.removeprefix(self.settings.key_prefix)))
+            assert maker is not None and maker.body == doc.body, f"{doc_id}: key {key}"
+            if key != doc.key:
+                note("moved to a shared blob")
+                doc.key = key
             if doc.deleted_by_test:
                 assert status in ("deleting", "deleted"), f"{doc_id}: deleted, now {status}"
             if doc.last_write == "bad":
@@ -922,7 +1110,7 @@ class OutboxMachine(RuleBasedStateMachine):
                 elif doc.good_while_pending and doc.last_write == "good":
                     # The right body arrived before anything verified the document.
                     assert status == DocumentStatus.AVAILABLE, (doc.id, status)
-                if status != DocumentStatus.AVAILABLE:
+                if self.live_on_key(doc.key) == 0:
                     assert self.head_tuple(doc.key) is None, f"{doc.id} {status}: blob left"
         finally:
             self.cleanup()

@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from outbox import DocumentStatus, InvalidInput, InvalidState, Outbox, Settings
+from outbox import DocumentStatus, InvalidInput, Outbox, Settings
 from tests.support.api import body_of, quota_row, request, sha, snapshot
 from tests.support.worker import Background, wait_blocked
 
@@ -97,19 +97,20 @@ def test_the_same_sha256_with_another_size_is_refused_and_changes_nothing(
     assert snapshot(settings) == before
 
 
-def test_the_same_content_pending_with_another_type_is_refused_and_changes_nothing(
+def test_the_same_content_pending_with_another_type_waits_on_that_upload(
     outbox: Outbox, conn: Conn, settings: Settings
 ) -> None:
-    """One pending upload has one URL signed for one content type: a second request of the
-    same bytes with another type cannot share it."""
+    """One pending upload has one URL signed for one content type; a second request of the
+    same bytes with another type is its own document (issue 12): it waits on that upload,
+    reserved, with no URL of its own."""
     body = body_of(2600)
     first = request(outbox, conn, body, content_type="application/pdf")
     conn.commit()
-    before = snapshot(settings)
-    with pytest.raises(InvalidState) as caught:
-        request(outbox, conn, body, content_type="text/plain")
-    conn.rollback()
-    assert caught.value.http_status == 409
-    assert caught.value.details["content_type"] == "application/pdf"
-    assert caught.value.details["document_id"] == str(first.document.id)
-    assert snapshot(settings) == before
+    second = request(outbox, conn, body, content_type="text/plain")
+    conn.commit()
+    assert second.document.id != first.document.id
+    assert second.url is None and second.deduplicated
+    assert second.document.status == DocumentStatus.WAITING
+    assert second.document.content_type == "text/plain"
+    assert second.document.object_key == first.document.object_key
+    assert quota_row(settings, "alice") == (settings.default_quota_bytes, 0, 2 * len(body))

@@ -10,7 +10,7 @@ import psycopg
 from psycopg import sql as pgsql
 
 from outbox import migrate, schema
-from outbox.constants import NOTIFY_CHANNEL, DocumentStatus, EventStatus, Topic
+from outbox.constants import NOTIFY_CHANNEL, BlobStatus, DocumentStatus, EventStatus, Topic
 
 WORD = re.compile(r"'([a-z_]+)'")
 
@@ -31,6 +31,7 @@ def test_the_check_constraints_in_the_database_match_the_enums(base_settings):
         ("documents", "status"): {s.value for s in DocumentStatus},
         ("events", "status"): {s.value for s in EventStatus},
         ("events", "topic"): {t.value for t in Topic},
+        ("blobs", "status"): {s.value for s in BlobStatus},
     }
 
 
@@ -51,6 +52,7 @@ def test_schema_sql_on_a_new_database_is_up_to_date_and_works(base_settings):
                     ).fetchall()
                 }
                 assert tables == {
+                    "blobs",
                     "documents",
                     "document_parts",
                     "quotas",

@@ -286,8 +286,9 @@ def test_concurrent_refreshes_keep_the_latest_expiry(
             ticket = outbox.request_upload(
                 c,
                 owner_id="alice",
-                filename="same.pdf",
-                content_type="application/pdf",  # the pending upload's type (one URL, one type)
+                # The same request again (name, type, size): a retry, so the same document.
+                filename="file.pdf",
+                content_type="application/pdf",
                 size=len(body),
                 sha256=sha256_hex(body),
                 expires_in=ttl,

@@ -17,10 +17,12 @@ pytest.importorskip("httpx", reason="fastapi.testclient needs httpx")
 from fastapi import FastAPI, Header, HTTPException
 from fastapi.testclient import TestClient
 
+from harness.invariants import check_invariants
 from outbox import Outbox, Settings
 from outbox.webapp import Backend, create_app, create_router
 from outbox.webapp.app import STATIC_DIR
 from tests.support.core import InlineWorker, sha256_hex
+from tests.support.worker import blob_exists
 
 OWNER = {"X-Owner-Id": "alice"}
 
@@ -127,19 +129,129 @@ def test_full_flow_over_http(
     assert quota["reserved_bytes"] == 0
     assert quota["free_bytes"] == quota["limit_bytes"] - len(body)
 
-    # The same content again: no URL, the existing document.
+    # The same content again: a document of its own on the same object, no URL, available.
     again = client.post("/documents/upload-url", json=upload_body(body), headers=OWNER).json()
     assert again["deduplicated"] is True
     assert again["url"] is None
-    assert again["document"]["id"] == doc_id
+    assert again["document"]["id"] != doc_id
+    assert again["document"]["status"] == "available"
 
-    deleted = client.delete(f"/documents/{doc_id}", headers=OWNER)
-    assert deleted.status_code == 200
-    assert deleted.json()["status"] == "deleting"
-    inline_worker.drain()
-    assert client.get(f"/documents/{doc_id}", headers=OWNER).json()["status"] == "deleted"
-    assert requests.get(redirect.headers["Location"], timeout=30).status_code == 404
+    for n, gone in enumerate((doc_id, again["document"]["id"])):
+        deleted = client.delete(f"/documents/{gone}", headers=OWNER)
+        assert deleted.status_code == 200
+        assert deleted.json()["status"] == "deleting"
+        inline_worker.drain()
+        assert client.get(f"/documents/{gone}", headers=OWNER).json()["status"] == "deleted"
+        # The object stays while the other document references it.
+        expected = 200 if n == 0 else 404
+        assert requests.get(redirect.headers["Location"], timeout=30).status_code == expected
     assert client.get("/quota", headers=OWNER).json()["used_bytes"] == 0
+
+
+def test_the_issue_12_walk_two_names_one_object_then_another_owner(
+    client: TestClient, settings: Settings, inline_worker: InlineWorker
+) -> None:
+    """Issue 12's walk through the reference API: first.pdf, then the same bytes as
+    second.txt (text/plain): two documents with their own names and types sharing one object;
+    deleting one keeps the other downloadable (a real GET, served with its own type); deleting
+    both removes the object; another owner uploading the same bytes gets a URL and, after
+    verification, shares the blob (its duplicate object purged)."""
+    body = b"%PDF-1.7\n" + b"the same bytes twice\n" * 400
+    alice = {"X-Owner-Id": "alice"}
+    bob = {"X-Owner-Id": "bob"}
+    ids: dict[str, str] = {}
+    for name, ctype in (("first.pdf", "application/pdf"), ("second.txt", "text/plain")):
+        resp = client.post(
+            "/documents/upload-url",
+            json=upload_body(body, filename=name, content_type=ctype),
+            headers=alice,
+        )
+        assert resp.status_code == 200, resp.text
+        data = resp.json()
+        if name == "first.pdf":  # the upload
+            assert data["url"] is not None and data["deduplicated"] is False
+            assert put_json(data, body).status_code == 200
+            confirmed = client.post(f"/documents/{data['document']['id']}/confirm", headers=alice)
+            assert confirmed.status_code == 200
+            inline_worker.drain()
+        else:  # nothing to upload: the object is stored
+            assert data["url"] is None and data["deduplicated"] is True
+        ids[name] = data["document"]["id"]
+    assert ids["first.pdf"] != ids["second.txt"]
+
+    def downloaded(doc_id: str, headers: dict[str, str]) -> requests.Response:
+        resp = client.get(
+            f"/documents/{doc_id}/download", headers={**headers, "Accept": "application/json"}
+        )
+        assert resp.status_code == 200, resp.text
+        return requests.get(resp.json()["url"], timeout=30)
+
+    docs = {n: client.get(f"/documents/{i}", headers=alice).json() for n, i in ids.items()}
+    assert {n: (d["filename"], d["content_type"], d["status"]) for n, d in docs.items()} == {
+        "first.pdf": ("first.pdf", "application/pdf", "available"),
+        "second.txt": ("second.txt", "text/plain", "available"),
+    }
+    with psycopg.connect(settings.database_url, autocommit=True) as c:
+        keys = {
+            r[0]: r[1]
+            for r in c.execute(
+                "SELECT id::text, object_key FROM s3outbox.documents WHERE id = ANY(%s)",
+                (list(ids.values()),),
+            ).fetchall()
+        }
+    shared = keys[ids["first.pdf"]]
+    assert keys[ids["second.txt"]] == shared  # one object
+    for name, ctype in (("first.pdf", "application/pdf"), ("second.txt", "text/plain")):
+        got = downloaded(ids[name], alice)
+        assert got.content == body and got.headers["Content-Type"] == ctype
+        assert name in got.headers["Content-Disposition"]
+
+    # Deleting one keeps the other downloadable.
+    assert client.delete(f"/documents/{ids['first.pdf']}", headers=alice).status_code == 200
+    inline_worker.drain()
+    got = downloaded(ids["second.txt"], alice)
+    assert got.content == body and got.headers["Content-Type"] == "text/plain"
+    assert blob_exists(settings, shared)
+    # Deleting both removes the object.
+    assert client.delete(f"/documents/{ids['second.txt']}", headers=alice).status_code == 200
+    inline_worker.drain()
+    assert not blob_exists(settings, shared)
+
+    # Another owner: a URL of his own (no existence leak), then the blob is shared.
+    carol_first = client.post(
+        "/documents/upload-url",
+        json=upload_body(body, filename="keep.pdf", content_type="application/pdf"),
+        headers={"X-Owner-Id": "carol"},
+    ).json()
+    assert put_json(carol_first, body).status_code == 200
+    carol_id = carol_first["document"]["id"]
+    confirmed = client.post(f"/documents/{carol_id}/confirm", headers={"X-Owner-Id": "carol"})
+    assert confirmed.status_code == 200
+    inline_worker.drain()
+    data = client.post(
+        "/documents/upload-url",
+        json=upload_body(body, filename="bobs.txt", content_type="text/plain"),
+        headers=bob,
+    ).json()
+    assert data["url"] is not None and data["deduplicated"] is False
+    assert put_json(data, body).status_code == 200
+    bob_id = data["document"]["id"]
+    assert client.post(f"/documents/{bob_id}/confirm", headers=bob).status_code == 200
+    inline_worker.drain()
+    with psycopg.connect(settings.database_url, autocommit=True) as c:
+        rows = dict(
+            c.execute(
+                "SELECT id::text, object_key FROM s3outbox.documents WHERE id = ANY(%s)",
+                ([bob_id, carol_id],),
+            ).fetchall()
+        )
+    assert rows[bob_id] == rows[carol_id]  # bob shares carol's blob
+    assert not blob_exists(settings, f"{settings.key_prefix}{bob_id}")  # his copy purged
+    got = downloaded(bob_id, bob)
+    assert got.content == body and got.headers["Content-Type"] == "text/plain"
+    assert client.get("/quota", headers=bob).json()["used_bytes"] == len(body)
+    report = check_invariants(settings, settled=True)
+    assert report.ok, report.summary()
 
 
 def test_list_pages_with_cursor(client: TestClient) -> None:

@@ -11,7 +11,13 @@ import psycopg
 from outbox import Outbox, Settings
 from outbox.models import UploadTicket
 
-TABLES = ("s3outbox.documents", "s3outbox.quotas", "s3outbox.events", "s3outbox.document_parts")
+TABLES = (
+    "s3outbox.documents",
+    "s3outbox.quotas",
+    "s3outbox.events",
+    "s3outbox.document_parts",
+    "s3outbox.blobs",
+)
 
 
 def body_of(size: int, seed: bytes = b"") -> bytes:

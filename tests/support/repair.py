@@ -70,9 +70,10 @@ def execute(settings: Settings, sql: str, params: Any = None) -> list[tuple[Any,
 
 
 def db_snapshot(settings: Settings) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of the three tables, in a stable order."""
+    """Every row of the four tables, in a stable order."""
     return {
         "documents": execute(settings, "SELECT * FROM s3outbox.documents ORDER BY id"),
+        "blobs": execute(settings, "SELECT * FROM s3outbox.blobs ORDER BY object_key"),
         "events": execute(settings, "SELECT * FROM s3outbox.events ORDER BY id"),
         "quotas": execute(settings, "SELECT * FROM s3outbox.quotas ORDER BY owner_id"),
     }

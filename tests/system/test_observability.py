@@ -197,6 +197,9 @@ def test_dashboard_is_grafana_json_on_a_datasource_input() -> None:
         "histogram_quantile(0.99, sum by (le, topic) (rate(s3outbox_actor_duration_seconds_bucket",
         "s3outbox_quota_bytes",
         "s3outbox_quota_owners_above_90_percent",
+        's3outbox_storage_bytes{kind="stored"}',
+        's3outbox_storage_bytes{kind="charged"}',
+        "s3outbox_blobs",
     ):
         assert needle in exprs, needle
 
@@ -452,7 +455,14 @@ def test_real_prometheus_scrapes_processes_and_dashboard_queries_return_data(
     # The lag and throughput queries have data (nothing was redispatched: that one is empty).
     # Each endpoint is scraped on its own schedule: a rate needs two scrapes of the relay's
     # series too, which may come a scrape after the worker's.
-    with_data = ("Lag", "Dispatched per second by topic", "Done per second by topic")
+    with_data = (
+        "Lag",
+        "Dispatched per second by topic",
+        "Done per second by topic",
+        "Bytes stored vs bytes charged",
+        "Blobs by state",
+        "Saved by sharing blobs",
+    )
     for title, expr in dashboard_targets():
         if title in with_data and "redispatched" not in expr:
             promql = grafana_to_promql(expr)

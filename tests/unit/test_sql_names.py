@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from outbox import queries, schema
-from outbox.constants import NOTIFY_CHANNEL, DocumentStatus, EventStatus, Topic
+from outbox.constants import NOTIFY_CHANNEL, BlobStatus, DocumentStatus, EventStatus, Topic
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "schema.sql"
@@ -26,7 +26,10 @@ CODE = sorted(
     path for package in ("outbox", "worker", "harness") for path in (ROOT / package).rglob("*.py")
 )
 NAMES = (
-    {s.value for s in DocumentStatus} | {s.value for s in EventStatus} | {t.value for t in Topic}
+    {s.value for s in DocumentStatus}
+    | {s.value for s in EventStatus}
+    | {t.value for t in Topic}
+    | {s.value for s in BlobStatus}
 )
 # PostgreSQL settings a query sets by name (set_config), not names of ours.
 PG_SETTINGS = {"lock_timeout", "statement_timeout"}
@@ -78,6 +81,7 @@ def _check_values(schema: str, table: str, column: str) -> set[str]:
         ("documents", "status", DocumentStatus),
         ("events", "status", EventStatus),
         ("events", "topic", Topic),
+        ("blobs", "status", BlobStatus),
     ],
 )
 def test_schema_checks_match_the_enums_exactly(table, column, enum):

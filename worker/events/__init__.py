@@ -1,6 +1,7 @@
 """Event handling: what a worker does with one outbox event.
 
-``processor`` picks the handler of the event's topic (``verify``, ``expire``, ``purge``);
+``processor`` picks the handler of the event's topic (``verify``, ``expire``, ``purge``,
+``multipart_create``, ``dedup``);
 ``lifecycle`` moves the event itself (lock, complete, snooze, fail); ``documents`` makes the
 document and quota changes; ``observe`` looks at the object in storage.
 """

@@ -44,7 +44,7 @@ def handle(
         if observation is None:  # not pending when read: it never is again
             return lifecycle.complete(cur, event, now)
         if observation.matches:
-            documents.accept(cur, doc, observation, DocumentStatus.EXPIRED, now)
+            documents.accept(cur, ctx.settings, doc, observation, DocumentStatus.EXPIRED, now)
         else:
             reason = observation.problem or "upload URL expired and no object was uploaded"
             documents.refuse(cur, doc, DocumentStatus.EXPIRED, reason, observation.info, now)

@@ -19,7 +19,7 @@ from outbox.constants import EventStatus, Topic
 from outbox.logs import log_context
 from outbox.settings import Settings
 from worker import metrics
-from worker.events import expire, lifecycle, multipart_create, purge, verify
+from worker.events import dedup, expire, lifecycle, multipart_create, purge, verify
 from worker.events.context import Context
 from worker.events.lifecycle import Outcome
 from worker.pool import Row, read_one
@@ -33,6 +33,7 @@ HANDLERS: dict[str, Handler] = {
     Topic.EXPIRE: expire.handle,
     Topic.PURGE: purge.handle,
     Topic.MULTIPART_CREATE: multipart_create.handle,
+    Topic.DEDUP: dedup.handle,
 }
 #: Timeouts of our own statements (db_lock_timeout_seconds, db_statement_timeout_seconds):
 #: the attempt failed and is retried; unlike a lost connection, they can be recorded.

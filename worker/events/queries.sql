@@ -135,7 +135,7 @@ RETURNING id;
 -- One statement, its own transaction (autocommit): see s3outbox.accept_verified in schema.sql.
 SELECT s3outbox.accept_verified(
     %(event_id)s, %(document_id)s, %(object_key)s, %(declared_size)s, %(sha256)s,
-    %(content_type)s, %(size)s, %(now)s::timestamptz
+    %(content_type)s, %(size)s, %(now)s::timestamptz, %(dedup)s
 ) AS event_id;
 
 -- name: mark_refused
@@ -167,9 +167,6 @@ SET purged_at = coalesce(%(now)s::timestamptz, now()),
 WHERE id = %(id)s AND status IN ('rejected', 'expired', 'deleted')
 RETURNING id;
 
--- name: live_document_by_key
-SELECT d.id, d.status FROM s3outbox.documents d
-WHERE d.object_key = %(key)s AND d.status IN ('pending', 'uploaded', 'available');
 
 -- name: set_upload_id
 -- The multipart upload a worker created, recorded only if the document is still pending and
@@ -199,3 +196,135 @@ ORDER BY p.part_number;
 -- name: delete_parts
 -- A document left a live state: its parts' rows are no longer needed.
 DELETE FROM s3outbox.document_parts WHERE document_id = %(id)s;
+
+-- name: accept_waiting
+-- The blob was verified (its uploading document is available, same transaction): the
+-- documents waiting on it become available, each charged its size (its reservation becomes
+-- used: the same bytes, so it always fits), in one statement. They belong to the uploader's
+-- owner, whose quota row the caller holds; they are locked in id order, before the blob.
+WITH waiting AS (
+    SELECT d.id, d.owner_id, d.reserved_bytes
+    FROM s3outbox.documents d
+    WHERE d.object_key = %(key)s AND d.status = 'waiting' AND d.declared_size = %(size)s
+    ORDER BY d.id
+    FOR UPDATE
+), charged AS (
+    UPDATE s3outbox.quotas q
+    SET used_bytes = q.used_bytes + s.n * %(size)s,
+        reserved_bytes = q.reserved_bytes - s.reserved,
+        updated_at = coalesce(%(now)s::timestamptz, now())
+    FROM (SELECT owner_id, count(*) AS n, sum(reserved_bytes) AS reserved
+          FROM waiting GROUP BY owner_id) s
+    WHERE q.owner_id = s.owner_id
+      AND q.reserved_bytes >= s.reserved
+      AND q.used_bytes + s.n * %(size)s + q.reserved_bytes - s.reserved <= q.limit_bytes
+    RETURNING q.owner_id
+), available AS (
+    UPDATE s3outbox.documents d
+    SET status = 'available',
+        verified_size = %(size)s,
+        charged_bytes = %(size)s,
+        reserved_bytes = 0,
+        reason = NULL,
+        verified_at = coalesce(%(now)s::timestamptz, now()),
+        updated_at = coalesce(%(now)s::timestamptz, now())
+    FROM waiting
+    WHERE d.id = waiting.id AND waiting.owner_id IN (SELECT owner_id FROM charged)
+    RETURNING d.id
+)
+SELECT count(*) AS available FROM available;
+
+-- name: mark_blob_verified
+-- Run after lock_blob (outbox/blobs.sql): the uploading document's object matched.
+UPDATE s3outbox.blobs
+SET status = 'verified',
+    verified_at = coalesce(%(now)s::timestamptz, now()),
+    updated_at = coalesce(%(now)s::timestamptz, now())
+WHERE object_key = %(key)s AND status = 'uploading'
+RETURNING object_key;
+
+-- name: queue_dedup
+-- Across owners: the blob just verified has the content of another verified blob, so a
+-- `dedup` event is queued for its document (worker/events/dedup.py decides under locks).
+INSERT INTO s3outbox.events (topic, document_id, trace_id, available_at, created_at, updated_at)
+SELECT 'dedup', %(document_id)s, %(trace_id)s, coalesce(%(now)s::timestamptz, now()),
+       coalesce(%(now)s::timestamptz, now()), coalesce(%(now)s::timestamptz, now())
+WHERE EXISTS (
+    SELECT 1 FROM s3outbox.blobs o
+    WHERE o.sha256 = %(sha256)s AND o.size = %(size)s AND o.status = 'verified'
+      AND o.object_key <> %(key)s
+)
+RETURNING id;
+
+-- name: read_blob
+SELECT b.* FROM s3outbox.blobs b WHERE b.object_key = %(key)s;
+
+-- name: mark_blob_deleted
+-- The blob's object was deleted (by the purge of a document of it, or of its key): the
+-- blob is gone. A re-check deletes it again (the time is updated).
+UPDATE s3outbox.blobs
+SET status = 'deleted',
+    purged_at = coalesce(%(now)s::timestamptz, now()),
+    updated_at = coalesce(%(now)s::timestamptz, now())
+WHERE object_key = %(key)s AND status IN ('deleting', 'deleted')
+RETURNING object_key;
+
+-- name: last_url_expiry
+-- The latest expiry of any upload URL for the key: of the documents that reference it, and of
+-- the document a purge names (after a dedup, the one that uploaded it references another).
+SELECT max(d.upload_expires_at) AS expires_at
+FROM s3outbox.documents d
+WHERE d.object_key = %(key)s OR d.id = %(document_id)s;
+
+-- name: queue_key_purge
+-- A purge naming a key (a blob no document references any more, or its re-check), unless one
+-- is unfinished (the partial unique index events_unfinished_object_key).
+INSERT INTO s3outbox.events AS e
+    (topic, document_id, object_key, trace_id, available_at, created_at, updated_at)
+VALUES ('purge', %(document_id)s, %(key)s, %(trace_id)s,
+        coalesce(%(available_at)s::timestamptz, %(now)s::timestamptz, now()),
+        coalesce(%(now)s::timestamptz, now()), coalesce(%(now)s::timestamptz, now()))
+ON CONFLICT (object_key) WHERE object_key IS NOT NULL AND status IN ('pending', 'dispatched')
+DO NOTHING
+RETURNING e.id;
+
+-- name: dedup_target
+-- Across owners: the verified blob a blob's documents move to, if any: of the same SHA-256 and
+-- size, verified before it (the earliest, by verification time, then creation, then key: a
+-- total order, so every blob of one content moves to the same one, and never back; the
+-- creation time before the random key, so blobs verified at one instant move the same way
+-- every time), and referenced by a live document.
+SELECT o.object_key
+FROM s3outbox.blobs o
+JOIN s3outbox.blobs b ON b.object_key = %(key)s
+WHERE o.sha256 = b.sha256 AND o.size = b.size AND o.status = 'verified'
+  AND b.status = 'verified'
+  AND (o.verified_at, o.created_at, o.object_key) < (b.verified_at, b.created_at, b.object_key)
+  AND EXISTS (
+      SELECT 1 FROM s3outbox.documents d
+      WHERE d.object_key = o.object_key
+        AND d.status IN ('pending', 'uploaded', 'waiting', 'available')
+  )
+ORDER BY o.verified_at, o.created_at, o.object_key
+LIMIT 1;
+
+-- name: lock_live_documents_of_blob
+SELECT d.id FROM s3outbox.documents d
+WHERE d.object_key = %(key)s AND d.status IN ('pending', 'uploaded', 'waiting', 'available')
+ORDER BY d.id
+FOR UPDATE;
+
+-- name: lock_blobs
+-- Several blobs, in key order (the lock order of every path), with their state.
+SELECT b.* FROM s3outbox.blobs b
+WHERE b.object_key = ANY(%(keys)s::text[])
+ORDER BY b.object_key
+FOR UPDATE;
+
+-- name: move_to_blob
+-- Across owners: the live (available) documents of a duplicate blob reference the kept one.
+UPDATE s3outbox.documents
+SET object_key = %(to_key)s,
+    updated_at = coalesce(%(now)s::timestamptz, now())
+WHERE object_key = %(from_key)s AND status = 'available'
+RETURNING id;

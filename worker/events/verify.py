@@ -66,7 +66,7 @@ def handle(
                 now,
             )
         elif observation.matches:
-            documents.accept(cur, doc, observation, DocumentStatus.REJECTED, now)
+            documents.accept(cur, ctx.settings, doc, observation, DocumentStatus.REJECTED, now)
         else:
             documents.refuse(
                 cur, doc, DocumentStatus.REJECTED, observation.problem, observation.info, now
@@ -118,8 +118,10 @@ def accept_verified(
     """The usual verify outcome (object matches, quota takes it) in ONE round trip.
 
     One statement in its own transaction (``s3outbox.accept_verified``): the locks in the
-    order of every path (event, quota, document), the compare-and-set against ``declared``
-    (key, size, SHA-256 and type), the charge, ``available`` and the event done. False
+    order of every path (event, quota, documents, blob), the compare-and-set against
+    ``declared`` (key, size, SHA-256 and type), the charge, ``available`` (the document and
+    those waiting on its blob), the blob verified, a ``dedup`` event when another verified
+    blob holds the same content (``dedup_across_owners``) and the event done. False
     when the accept did not apply (already handled, deleted, another object, over quota):
     nothing changed and the caller takes the general path.
     """
@@ -136,6 +138,7 @@ def accept_verified(
                 "content_type": declared["content_type"],
                 "size": observation.info.size,
                 "now": now,
+                "dedup": ctx.settings.dedup_across_owners,
             },
         ).fetchone()
     if row is None or row[0] is None:

@@ -70,7 +70,9 @@ def handle(
             return lifecycle.complete(cur, event, now)
         if inspection.matches:
             assert inspection.observation is not None
-            documents.accept(cur, doc, inspection.observation, DocumentStatus.REJECTED, now)
+            documents.accept(
+                cur, ctx.settings, doc, inspection.observation, DocumentStatus.REJECTED, now
+            )
         elif inspection.final:
             info = inspection.observation.info if inspection.observation else None
             documents.refuse(cur, doc, DocumentStatus.REJECTED, inspection.problem, info, now)

@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 
 from outbox import queries
-from outbox.constants import DocumentStatus, EventStatus
+from outbox.constants import BlobStatus, DocumentStatus, EventStatus
 
 #: Above this many rows, a state's figure is an estimate.
 CAP = 1_000
@@ -57,21 +57,39 @@ def _estimated_done(
 
 def document_counts(conn: psycopg.Connection[Any], cap: int = CAP) -> list[tuple[str, int]]:
     """(status, count) of the documents: exact up to ``cap`` per state, estimated above."""
-    q = _sql()
     statuses = [s.value for s in DocumentStatus]
+    return _state_counts(conn, "document", statuses, cap)
+
+
+def blob_counts(conn: psycopg.Connection[Any], cap: int = CAP) -> list[tuple[str, int]]:
+    """(status, count) of the blobs, every state (0 included): exact up to ``cap`` per state,
+    estimated above."""
+    return _state_counts(conn, "blob", [s.value for s in BlobStatus], cap, keep_zero=True)
+
+
+def _state_counts(
+    conn: psycopg.Connection[Any],
+    table: str,
+    statuses: list[str],
+    cap: int,
+    *,
+    keep_zero: bool = False,
+) -> list[tuple[str, int]]:
+    """Rows of ``table`` ("document" or "blob": its named queries) by state."""
+    q = _sql()
     counted = {
         str(s): int(n)
         for s, n in conn.execute(
-            q["document_counts_capped"], {"cap": cap, "statuses": statuses}
+            q[f"{table}_counts_capped"], {"cap": cap, "statuses": statuses}
         ).fetchall()
     }
     estimates: dict[str, float] = {}
     if any(n > cap for n in counted.values()):
         estimates = {
-            str(s): float(e) for s, e in conn.execute(q["document_estimates"], {"column": "status"})
+            str(s): float(e) for s, e in conn.execute(q[f"{table}_estimates"], {"column": "status"})
         }
     return [
         (s, n if n <= cap else max(round(estimates.get(s, 0.0)), n))
         for s, n in counted.items()
-        if n > 0
+        if n > 0 or keep_zero
     ]

@@ -1,8 +1,10 @@
 """Audit the quotas against the documents (invariant 4), and fix the drift with ``fix``.
 
 For each owner, ``used_bytes`` must equal the sum of ``charged_bytes`` over their documents
-and ``reserved_bytes`` the sum of their ``reserved_bytes``. Quota rows are read in keyset
-pages, with the sums, so memory does not grow with the number of owners.
+and ``reserved_bytes`` the sum of their ``reserved_bytes``. Each document pays its size,
+however many documents share its blob (the stored object): the report also shows the bytes
+verified blobs hold against the bytes charged, the saving of sharing them. Quota rows are
+read in keyset pages, with the sums, so memory does not grow with the number of owners.
 
 A fix is one transaction per owner: lock the quota row (``FOR UPDATE``), recompute the sums
 *after* the lock, then set both columns. Every writer of an owner's charges and reservations
@@ -72,6 +74,11 @@ class QuotaAuditReport:
     fixed: int = 0
     refused: int = 0
     sample_limit: int = SAMPLE_LIMIT
+    #: Live blobs, the bytes verified ones hold (each content once) and the bytes charged
+    #: (each document its size): charged - stored is what sharing blobs saves.
+    blobs: int = 0
+    stored_bytes: int = 0
+    charged_bytes: int = 0
 
     @property
     def clean(self) -> bool:
@@ -124,6 +131,11 @@ def audit_quotas(
             if len(page) < page_size:
                 break
             after = page[-1]["owner_id"]
+        storage = cur.execute(q["quota_audit_storage"]).fetchone()
+        assert storage is not None
+        report.blobs = storage["blobs"]
+        report.stored_bytes = storage["stored_bytes"]
+        report.charged_bytes = storage["charged_bytes"]
         for row in cur.execute(q["quota_audit_missing_rows"]).fetchall():
             report.owners_checked += 1
             missing = {**row, "limit_bytes": None, "used_bytes": None, "reserved_bytes": None}
@@ -295,6 +307,11 @@ def format_report(report: QuotaAuditReport) -> str:
         lines.append(f"      -> {d.action}")
     if report.drift_count > len(report.drift):
         lines.append(f"  ... and {report.drift_count - len(report.drift)} more")
+    lines.append(
+        f"storage: {report.blobs} blobs; verified ones hold {report.stored_bytes} bytes for"
+        f" {report.charged_bytes} bytes charged (shared blobs save"
+        f" {report.charged_bytes - report.stored_bytes})"
+    )
     if report.fixing:
         lines.append(f"fixed {report.fixed}, refused {report.refused}.")
     elif report.drift_count:

@@ -48,7 +48,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from outbox import queries
-from outbox.constants import DocumentStatus, Topic
+from outbox.constants import BlobStatus, DocumentStatus, Topic
 from outbox.settings import Settings
 from worker.ops.progress import bar
 from worker.orphan_uploads import abort as abort_uploads
@@ -199,7 +199,11 @@ def reconcile(
     storage = storage or Storage(settings)
     # Its own queries, and the event-handling ones it shares with the workers (lock a
     # document, release a charge, queue an event).
-    q = {**queries.load("worker.events"), **queries.load("worker.ops", "repair.sql")}
+    q = {
+        **queries.load("worker.events"),
+        **queries.load("outbox", "blobs.sql"),
+        **queries.load("worker.ops", "repair.sql"),
+    }
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
         clock_row = conn.execute(q["reconcile_clock"], {"now": now}).fetchone()
         assert clock_row is not None
@@ -334,101 +338,127 @@ class _Walk:
                     ),
                 )
 
-    # -- 2. available documents ------------------------------------------------------------
+    # -- 2. available documents, one blob at a time -----------------------------------------
 
     def broken(self) -> None:
         report = self.report
         with ThreadPoolExecutor(max_workers=_HEAD_THREADS) as pool:
             counter = bar(self.progress, "available documents", "doc")
-            for page in self._pages(self.q["reconcile_available_page"], {}):
-                report.available_checked += len(page)
-                counter.update(len(page))
+            for page in self._pages(self.q["reconcile_available_blob_page"], {}, "object_key"):
+                docs = sum(len(row["document_ids"]) for row in page)
+                report.available_checked += docs
+                counter.update(docs)
                 checks = list(pool.map(self._check, page))
                 for row, check in zip(page, checks, strict=True):
                     if check.unprovable:
-                        report.unprovable_count += 1
-                        report._keep(
-                            report.unprovable,
-                            _broken(row, check.problem or "", "left alone: cannot be proven"),
-                        )
+                        report.unprovable_count += len(row["document_ids"])
+                        for doc in _documents(row):
+                            report._keep(
+                                report.unprovable,
+                                _broken(doc, check.problem or "", "left alone: cannot be proven"),
+                            )
                     elif check.problem is not None:
-                        self._broken_document(row, check)
+                        self._broken_blob(row, check)
 
-    def _broken_document(self, row: Row, check: _Check) -> None:
+    def _broken_blob(self, row: Row, check: _Check) -> None:
+        """A blob whose object is missing or differs: every available document that
+        references it is broken (they all serve that object), each rejected with its charge
+        released from its owner's quota, and the blob goes ``deleting`` (its object is
+        purged by their purges)."""
         report = self.report
-        report.broken_count += 1
-        report.to_repair += 1
-        charged = int(row["charged_bytes"])
+        docs = _documents(row)
+        report.broken_count += len(docs)
+        report.to_repair += len(docs)
         if not self.apply:
-            action = f"would reject, release {charged} bytes, queue a purge"
-            report._keep(report.broken, _broken(row, check.problem or "", action))
+            for doc in docs:
+                action = f"would reject, release {doc['charged_bytes']} bytes, queue a purge"
+                report._keep(report.broken, _broken(doc, check.problem or "", action))
             return
         # Look once more right before acting: never reject on a single glance.
         again = self._check(row)
         if again.problem is None or again.unprovable:
-            report.to_repair -= 1
-            action = "skipped: the object matched when checked again"
-            report._keep(report.broken, _broken(row, check.problem or "", action))
+            report.to_repair -= len(docs)
+            for doc in docs:
+                action = "skipped: the object matched when checked again"
+                report._keep(report.broken, _broken(doc, check.problem or "", action))
             return
         problem = again.problem
+        key = row["object_key"]
+        rejected: dict[Any, int] = {}
         with self.conn.transaction(), self.conn.cursor(row_factory=dict_row) as cur:
-            # The owner's quota row first, then the document: the order of every path (a
-            # delete or a worker locks them so), so a repair cannot deadlock with them.
-            cur.execute(self.q["lock_quota_of_document"], {"id": row["id"]})
-            doc = cur.execute(self.q["lock_document"], {"id": row["id"]}).fetchone()
-            if (
-                doc is None
-                or doc["status"] != DocumentStatus.AVAILABLE
-                or doc["object_key"] != row["object_key"]
-            ):
+            # The owners' quota rows first (in owner order), then the documents (in id
+            # order), then the blob: the order of every path (a delete or a worker locks them
+            # so), so a repair cannot deadlock with them.
+            cur.execute(self.q["reconcile_lock_quotas_of_blob"], {"key": key})
+            for doc in cur.execute(self.q["reconcile_lock_available_of_blob"], {"key": key}):
+                rejected[doc["id"]] = int(doc["charged_bytes"])
+            for doc_id in rejected:
+                self._reject(cur, doc_id, problem, again, report.now)
+            cur.execute(self.q["lock_blob"], {"key": key})
+            cur.execute(self.q["release_unreferenced_blob"], {"key": key, "now": report.now})
+        for doc in docs:
+            if doc["id"] not in rejected:
                 report.to_repair -= 1
                 action = "skipped: the document changed meanwhile"
-                report._keep(report.broken, _broken(row, problem, action))
-                return
+                report._keep(report.broken, _broken(doc, problem, action))
+                continue
+            released = rejected[doc["id"]]
+            report.repaired += 1
+            report.documents_rejected += 1
+            report.events_queued += 1
+            report.bytes_released += released
+            action = f"rejected, released {released} bytes, purge queued"
+            report._keep(
+                report.broken, _broken({**doc, "charged_bytes": released}, problem, action)
+            )
+            log.warning("document %s rejected by reconcile: %s", doc["id"], problem)
+
+    def _reject(
+        self, cur: psycopg.Cursor[Row], doc_id: Any, problem: str, check: _Check, now: datetime
+    ) -> None:
+        """One locked available document -> rejected, its charge released, its parts
+        forgotten, its purge queued."""
+        doc = cur.execute(
+            self.q["reconcile_reject_available"],
+            {
+                "id": doc_id,
+                "reason": f"reconcile: {problem}",
+                "verified_size": check.info.size if check.info else None,
+                "now": now,
+            },
+        ).fetchone()
+        assert doc is not None  # locked and available
+        if doc["charged_bytes"]:
             cur.execute(
-                self.q["reconcile_reject_available"],
+                self.q["release_quota"],
                 {
-                    "id": doc["id"],
-                    "reason": f"reconcile: {problem}",
-                    "verified_size": again.info.size if again.info else None,
-                    "now": report.now,
+                    "owner_id": doc["owner_id"],
+                    "charged": doc["charged_bytes"],
+                    "reserved": 0,
+                    "now": now,
                 },
             )
-            released = int(doc["charged_bytes"])
-            if released or doc["reserved_bytes"]:
-                cur.execute(
-                    self.q["release_quota"],
-                    {
-                        "owner_id": doc["owner_id"],
-                        "charged": released,
-                        "reserved": doc["reserved_bytes"],
-                        "now": report.now,
-                    },
-                )
-            cur.execute(self.q["delete_parts"], {"id": doc["id"]})
-            cur.execute(
-                self.q["insert_event"],
-                {
-                    "topic": Topic.PURGE.value,
-                    "document_id": doc["id"],
-                    "trace_id": doc["trace_id"] or self.trace_id,
-                    "available_at": None,
-                    "now": report.now,
-                },
-            )
-        report.repaired += 1
-        report.documents_rejected += 1
-        report.events_queued += 1
-        report.bytes_released += released
-        action = f"rejected, released {released} bytes, purge queued"
-        report._keep(report.broken, _broken({**row, "charged_bytes": released}, problem, action))
-        log.warning("document %s rejected by reconcile: %s", doc["id"], problem)
+        cur.execute(self.q["delete_parts"], {"id": doc_id})
+        cur.execute(
+            self.q["insert_event"],
+            {
+                "topic": Topic.PURGE.value,
+                "document_id": doc_id,
+                "trace_id": doc["trace_id"] or self.trace_id,
+                "available_at": None,
+                "now": now,
+            },
+        )
 
     def _check(self, row: Row) -> _Check:
-        """HeadObject (and the full-read fallback, as verification does) against the row; a
-        multipart document's composite checksum against its recorded part digests."""
+        """HeadObject (and the full-read fallback, as verification does) against the blob the
+        available documents reference (its size, SHA-256 and the type it was uploaded with); a
+        multipart blob's composite checksum against its document's recorded part digests. A
+        blob that is not ``verified`` is broken as it is."""
         key = row["object_key"]
         size = int(row["declared_size"])
+        if row["blob_status"] != BlobStatus.VERIFIED:
+            return _Check(f"its blob is {row['blob_status']}, not verified", None, False)
         info = self.storage.head(key)
         if info is None:
             return _Check("object missing from storage", None, False)
@@ -519,9 +549,10 @@ class _Walk:
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _pages(self, query: str, params: Row) -> Iterator[list[Row]]:
-        """Keyset pages (by document id) of a query taking ``after`` and ``limit``."""
-        after = uuid.UUID(int=0)
+    def _pages(self, query: str, params: Row, column: str = "id") -> Iterator[list[Row]]:
+        """Keyset pages (by document id, or ``column``) of a query taking ``after`` and
+        ``limit``."""
+        after: Any = uuid.UUID(int=0) if column == "id" else ""
         while True:
             with self.conn.cursor(row_factory=dict_row) as cur:
                 page = cur.execute(
@@ -531,7 +562,7 @@ class _Walk:
                 yield page
             if len(page) < self.page_size:
                 return
-            after = page[-1]["id"]
+            after = page[-1][column]
 
 
 @dataclass(frozen=True)
@@ -539,6 +570,16 @@ class _Check:
     problem: str | None
     info: ObjectInfo | None
     unprovable: bool
+
+
+def _documents(row: Row) -> list[Row]:
+    """The available documents of a blob page row, one row each."""
+    return [
+        {"id": doc_id, "owner_id": owner, "object_key": row["object_key"], "charged_bytes": charged}
+        for doc_id, owner, charged in zip(
+            row["document_ids"], row["owner_ids"], row["charged"], strict=True
+        )
+    ]
 
 
 def _broken(row: Row, problem: str, action: str) -> BrokenDocument:

@@ -5,30 +5,63 @@
 -- name: reconcile_clock
 SELECT coalesce(%(now)s::timestamptz, now()) AS now;
 
--- name: reconcile_available_page
--- With a multipart document's recorded part digests, in part order (its composite checksum
--- is computed from them).
-SELECT d.id, d.owner_id, d.object_key, d.declared_size, d.sha256, d.content_type,
-       d.charged_bytes, d.part_count,
+-- name: reconcile_available_blob_page
+-- The blobs that available documents reference, in keyset pages by key, with those documents
+-- (id, owner, charge) and what the object must be: the blob's size, SHA-256 and the type it
+-- was uploaded with; a multipart blob's part digests, in part order, from its document (its
+-- composite checksum is computed from them; a multipart blob has one document).
+SELECT g.object_key, g.size AS declared_size, g.sha256, g.content_type, g.blob_status,
+       g.document_ids, g.owner_ids, g.charged, g.part_count,
        (SELECT array_agg(p.sha256 ORDER BY p.part_number)
         FROM s3outbox.document_parts p
-        WHERE p.document_id = d.id AND d.part_count IS NOT NULL) AS part_digests
-FROM s3outbox.documents d
-WHERE d.status = 'available' AND d.id > %(after)s::uuid
-ORDER BY d.id LIMIT %(limit)s;
+        WHERE p.document_id = g.document_ids[1] AND g.part_count IS NOT NULL) AS part_digests
+FROM (
+    SELECT b.object_key, b.size, b.sha256, b.content_type, b.status AS blob_status,
+           array_agg(d.id ORDER BY d.id) AS document_ids,
+           array_agg(d.owner_id ORDER BY d.id) AS owner_ids,
+           array_agg(d.charged_bytes ORDER BY d.id) AS charged,
+           max(d.part_count) AS part_count
+    FROM s3outbox.blobs b
+    JOIN s3outbox.documents d ON d.object_key = b.object_key AND d.status = 'available'
+    WHERE b.object_key > %(after)s
+    GROUP BY b.object_key
+    ORDER BY b.object_key
+    LIMIT %(limit)s
+) g
+ORDER BY g.object_key;
+
+-- name: reconcile_lock_quotas_of_blob
+-- The quota rows of the owners of a blob's available documents, in owner order (the first
+-- locks of a repair of a broken blob: the order of every path).
+SELECT q.owner_id FROM s3outbox.quotas q
+WHERE q.owner_id IN (
+    SELECT d.owner_id FROM s3outbox.documents d
+    WHERE d.object_key = %(key)s AND d.status = 'available'
+)
+ORDER BY q.owner_id
+FOR UPDATE;
+
+-- name: reconcile_lock_available_of_blob
+-- Then the blob's available documents, in id order (a new statement after the quota locks:
+-- it sees every change committed before them).
+SELECT d.id, d.charged_bytes FROM s3outbox.documents d
+WHERE d.object_key = %(key)s AND d.status = 'available'
+ORDER BY d.id
+FOR UPDATE;
 
 -- name: reconcile_reject_available
--- available -> rejected: its object is missing or differs. Compare-and-set; the caller
--- releases the charge from the quota in the same transaction.
-UPDATE s3outbox.documents
+-- available -> rejected: its object is missing or differs. Compare-and-set; returns the
+-- charge it held (the caller releases it from the quota in the same transaction).
+UPDATE s3outbox.documents d
 SET status = 'rejected',
     reason = %(reason)s,
     verified_size = %(verified_size)s,
     charged_bytes = 0,
     reserved_bytes = 0,
     updated_at = coalesce(%(now)s::timestamptz, now())
-WHERE id = %(id)s AND status = 'available'
-RETURNING id;
+FROM (SELECT id, charged_bytes FROM s3outbox.documents WHERE id = %(id)s) prior
+WHERE d.id = prior.id AND d.status = 'available'
+RETURNING d.id, d.owner_id, d.trace_id, prior.charged_bytes;
 
 -- name: reconcile_stuck_page
 -- Documents waiting for an event that no longer exists (lost, dead or pruned):
@@ -137,3 +170,12 @@ SELECT %(owner_id)s, %(limit)s, %(used)s, %(reserved)s,
 WHERE %(used)s::bigint + %(reserved)s::bigint <= %(limit)s::bigint
 ON CONFLICT (owner_id) DO NOTHING
 RETURNING owner_id;
+
+-- name: quota_audit_storage
+-- Documents and blobs: how many blobs are live, the bytes verified blobs hold (each content
+-- once), and the bytes the documents are charged (each document its size).
+SELECT count(*) FILTER (WHERE b.status IN ('uploading', 'verified'))::bigint AS blobs,
+       coalesce(sum(b.size) FILTER (WHERE b.status = 'verified'), 0)::bigint AS stored_bytes,
+       (SELECT coalesce(sum(d.charged_bytes), 0) FROM s3outbox.documents d)::bigint
+           AS charged_bytes
+FROM s3outbox.blobs b;

@@ -153,3 +153,28 @@ SELECT position, pass_started_at, last_pass_finished_at, last_pass_seconds,
            ::float8 AS last_pass_age_seconds
 FROM s3outbox.maintenance_cursors
 WHERE name = %(name)s;
+
+-- name: blob_counts_capped
+-- Blobs of each state, counted exactly up to `cap` + 1 (a bounded walk of the status index
+-- per state): the metrics' count.
+SELECT s.status,
+       (SELECT count(*) FROM (SELECT 1 FROM s3outbox.blobs b
+                              WHERE b.status = s.status LIMIT %(cap)s + 1) AS x)::bigint AS n
+FROM unnest(%(statuses)s::text[]) AS s(status);
+
+-- name: blob_estimates
+-- The planner's estimate of blobs by state, as document_estimates. `column`: the status column.
+SELECT v.status, (greatest(c.reltuples, 0) * v.freq)::float8 AS estimate
+FROM pg_class c
+JOIN pg_stats s ON s.schemaname = 's3outbox' AND s.tablename = c.relname
+CROSS JOIN LATERAL unnest(s.most_common_vals::text::text[], s.most_common_freqs)
+    AS v(status, freq)
+WHERE c.oid = 's3outbox.blobs'::regclass AND s.attname = %(column)s;
+
+-- name: storage_bytes
+-- What storage holds against what owners are charged: the bytes of verified blobs (each
+-- stored once) and the sum of the documents' charges (each document pays its size); the
+-- difference is what sharing blobs saves.
+SELECT coalesce((SELECT sum(size) FROM s3outbox.blobs WHERE status = 'verified'), 0)::bigint
+           AS stored_bytes,
+       coalesce((SELECT sum(used_bytes) FROM s3outbox.quotas), 0)::bigint AS charged_bytes;
