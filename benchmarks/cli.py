@@ -9,6 +9,9 @@ of servers.
 3. The API side: request-upload and confirm in the caller's transaction, per second and per
    call, beside a bare single-row INSERT transaction; statements and outbox INSERTs per call.
 4. Peers doing the same verify job on the same servers: pgqueuer, procrastinate, plain Dramatiq.
+5. Large files: a generated 6 GiB file (and a 1 GiB one) through the upload helper, 4 parts at
+   a time, against boto3's own multipart upload of the same file (MB/s), and the
+   confirm-to-available time of each (``--parts multipart``).
 
 Every figure is the median of repeated rounds, with min and max. Times of documents come from
 the database clock (``confirmed_at`` and ``verified_at``), so client and server agree.
@@ -33,6 +36,7 @@ from benchmarks.context import BenchContext, say
 from benchmarks.end_to_end import end_to_end
 from benchmarks.limits import limits
 from benchmarks.measure import machine_info
+from benchmarks.multipart import multipart
 from benchmarks.prepare import prepare
 from benchmarks.servers import bench_servers
 from benchmarks.table import table
@@ -44,6 +48,7 @@ STEPS: dict[str, Callable[[BenchContext], Json]] = {
     "api": api,
     "end_to_end": end_to_end,
     "peers": peers,
+    "multipart": multipart,
 }
 
 
@@ -67,6 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sizes", default=None, help="comma-separated document counts")
     parser.add_argument("--peer-size", type=int, default=None)
     parser.add_argument("--processes", default=None, help="comma-separated, e.g. 1,2")
+    parser.add_argument(
+        "--multipart-sizes", default=None, help="large files, MiB, comma-separated (1024,6144)"
+    )
     parser.add_argument("--parts", default=",".join(PARTS), help="a subset of " + ",".join(PARTS))
     args = parser.parse_args(argv)
     config = BenchConfig.quick() if args.quick or os.environ.get("BENCH_QUICK") else BenchConfig()
@@ -78,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config.processes = tuple(int(s) for s in args.processes.split(","))
     if args.peer_size:
         config.peer_size = args.peer_size
+    if args.multipart_sizes:
+        config.multipart_sizes_mib = tuple(int(s) for s in args.multipart_sizes.split(","))
     workdir = Path(tempfile.mkdtemp(prefix="s3outbox-bench-"))
     started = time.monotonic()
     try:

@@ -4,7 +4,8 @@
 SELECT to_regclass(%(name)s);
 
 -- name: reset_tables
-TRUNCATE s3outbox.events, s3outbox.documents, s3outbox.quotas, s3bench.docs;
+TRUNCATE s3outbox.events, s3outbox.documents, s3outbox.quotas, s3outbox.document_parts,
+    s3bench.docs;
 
 -- name: reset_quotas
 -- Owners <owner>-0 .. <owner>-<owners>, with a limit that never refuses.
@@ -58,3 +59,14 @@ FROM s3bench.docs WHERE id = %(id)s;
 -- name: verify_peer_doc
 UPDATE s3bench.docs SET status = %(status)s, verified_at = now()
 WHERE id = %(id)s AND status = 'uploaded';
+
+-- name: document_timing
+-- One document's confirm and verify instants (database clock), and its status.
+SELECT extract(epoch FROM confirmed_at)::float8, extract(epoch FROM verified_at)::float8, status
+FROM s3outbox.documents WHERE id = %(id)s;
+
+-- name: document_events
+-- A document's events, for a round that waited too long on it.
+SELECT id, topic, status, attempts, failures, rescues, available_at, dispatched_at,
+    finished_at, last_error
+FROM s3outbox.events WHERE document_id = %(id)s ORDER BY id;
