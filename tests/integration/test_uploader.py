@@ -240,9 +240,11 @@ def test_resume_after_an_interrupted_run_sends_only_the_missing_parts(
         doc = UUID(interrupted.value.details["document_id"])
         with pool.connection() as conn:
             status = outbox.upload_status(conn, owner_id="alice", document_id=doc)
-        # The part being sent when the stop came was finished and reported.
+        # The part being sent when the stop came was finished and reported: two full parts
+        # (one sent at a time, the next ones prepared meanwhile, so not always parts 1 and
+        # 2), each PUT once; the short last part was not sent.
         assert status.document.status == DocumentStatus.PENDING
-        assert status.missing == [3, 4, 5]
+        assert len(status.missing) == 3 and 5 in status.missing
         assert proxy.requests == 2
 
         with Uploader(api, threads=4, backoff=FAST, progress=False) as again:
