@@ -180,12 +180,21 @@ class FileChanged(UploadFailed):
 class HttpApiError(OutboxError):
     """The reference HTTP API answered an error the library has no class for (e.g. the owner
     dependency's 401), or a body that is not one of its JSON errors. ``http_status`` and
-    ``code`` are the response's; carries ``body``."""
+    ``code`` are the response's (502 when not given: an upstream failed); carries ``body``."""
 
+    http_status = 502
     code = "http_error"
 
-    def __init__(self, message: str, *, http_status: int, code: str | None = None, **details: Any):
+    def __init__(
+        self,
+        message: str,
+        *,
+        http_status: int | None = None,
+        code: str | None = None,
+        **details: Any,
+    ):
         super().__init__(message, **details)
-        self.http_status = http_status
+        if http_status is not None:
+            self.http_status = http_status
         if code is not None:
             self.code = code
