@@ -17,6 +17,7 @@ peers (pgqueuer, procrastinate, plain Dramatiq) doing the same job on the same s
 #   flat        part 6, list, scrape and claims as data grows
 #   enqueue     how each peer's users hand it a job
 #   comparison  part 4, the peers beside s3-outbox
+#   multipart   part 5, large files: the upload helper beside boto3's multipart upload
 #   prepare     the schemas every part needs
 #   targets     the targets on a run's medians
 #   table       the README's table

@@ -14,6 +14,9 @@ of servers.
    done events, the relay's claims while a transaction holds the xmin horizon back.
 7. Peers doing the same verify job on the same servers: pgqueuer, procrastinate, plain
    Dramatiq, each with boto3's HeadObject in the job and with ours.
+8. Large files: a generated 6 GiB file (and a 1 GiB one) through the upload helper, 4 parts at
+   a time, against boto3's own multipart upload of the same file (MB/s), and the
+   confirm-to-available time of each (``--parts multipart``).
 
 Every figure is the median of repeated rounds, with min and max. Times of documents come from
 the database clock (``confirmed_at`` and ``verified_at``), so client and server agree.
@@ -40,6 +43,7 @@ from benchmarks.flat import flat
 from benchmarks.limits import limits
 from benchmarks.measure import machine_info
 from benchmarks.notify import notify
+from benchmarks.multipart import multipart
 from benchmarks.prepare import prepare
 from benchmarks.relay import relay
 from benchmarks.servers import bench_servers
@@ -55,6 +59,7 @@ STEPS: dict[str, Callable[[BenchContext], Json]] = {
     "flat": flat,
     "end_to_end": end_to_end,
     "peers": peers,
+    "multipart": multipart,
 }
 
 
@@ -78,6 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sizes", default=None, help="comma-separated document counts")
     parser.add_argument("--peer-size", type=int, default=None)
     parser.add_argument("--processes", default=None, help="comma-separated, e.g. 1,2")
+    parser.add_argument(
+        "--multipart-sizes", default=None, help="large files, MiB, comma-separated (1024,6144)"
+    )
     parser.add_argument("--parts", default=",".join(PARTS), help="a subset of " + ",".join(PARTS))
     args = parser.parse_args(argv)
     config = BenchConfig.quick() if args.quick or os.environ.get("BENCH_QUICK") else BenchConfig()
@@ -89,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config.processes = tuple(int(s) for s in args.processes.split(","))
     if args.peer_size:
         config.peer_size = args.peer_size
+    if args.multipart_sizes:
+        config.multipart_sizes_mib = tuple(int(s) for s in args.multipart_sizes.split(","))
     workdir = Path(tempfile.mkdtemp(prefix="s3outbox-bench-"))
     started = time.monotonic()
     try:

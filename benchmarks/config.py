@@ -7,11 +7,12 @@ from typing import Any
 
 Json = dict[str, Any]
 #: The parts of a run, in order; the targets need all of them.
-PARTS = ("limits", "api", "relay", "notify", "flat", "end_to_end", "peers")
+PARTS = ("limits", "api", "relay", "notify", "flat", "end_to_end", "peers", "multipart")
 
 CONTENT_TYPE = "application/octet-stream"
 OBJECT_BYTES = 1024
 OWNER = "bench-owner"
+MIB = 1024 * 1024
 OWNERS = 100  # documents spread over many owners, as uploads from many users are
 CONFIRM_CHUNK = 50  # confirms per transaction in a backlog (stays under 64 subtransactions)
 
@@ -42,6 +43,14 @@ class BenchConfig:
     list_deleted: int = 1_000_000
     scrape_done: int = 10_000_000
     xmin_seconds: float = 60.0
+    # Large files (part 5): file sizes in MiB (the largest beyond S3's 5 GiB single PUT),
+    # parts sent at once, and the multipart threshold and part size in MiB (None: the
+    # settings' defaults, 100 and 16).
+    multipart_sizes_mib: tuple[int, ...] = (1024, 6144)
+    multipart_rounds: int = 2
+    multipart_threads: int = 4
+    multipart_threshold_mib: int | None = None
+    multipart_part_mib: int | None = None
     mode: str = "full"
 
     @classmethod
@@ -60,5 +69,9 @@ class BenchConfig:
             list_deleted=20_000,
             scrape_done=50_000,
             xmin_seconds=3.0,
+            multipart_sizes_mib=(12, 23),
+            multipart_rounds=1,
+            multipart_threshold_mib=5,
+            multipart_part_mib=5,
             mode="quick",
         )

@@ -4,7 +4,8 @@
 SELECT to_regclass(%(name)s);
 
 -- name: reset_tables
-TRUNCATE s3outbox.events, s3outbox.documents, s3outbox.blobs, s3outbox.quotas, s3bench.docs;
+TRUNCATE s3outbox.events, s3outbox.documents, s3outbox.blobs, s3outbox.quotas,
+    s3outbox.document_parts, s3bench.docs;
 
 -- name: reset_quotas
 -- Owners <owner>-0 .. <owner>-<owners>, with a limit that never refuses.
@@ -60,24 +61,43 @@ UPDATE s3bench.docs SET status = %(status)s, verified_at = now()
 WHERE id = %(id)s AND status = 'uploaded';
 
 -- name: bulk_uploaded_documents
--- `count` uploaded documents of the bench owners (declared fields, no object behind them):
--- what verify events of a backlog point at, for the relay's figures.
+-- `count` uploaded documents of the bench owners (declared fields, no object behind them),
+-- each with its blob (uploading): what verify events of a backlog point at, for the relay's
+-- figures.
+WITH doc AS (
+    SELECT gen_random_uuid() AS id, %(owner)s || '-' || (i %% %(owners)s) AS owner_id,
+           %(prefix)s || gen_random_uuid() AS object_key,
+           encode(sha256(uuid_send(gen_random_uuid())), 'hex') AS sha256
+    FROM generate_series(1, %(count)s) i
+), blob AS (
+    INSERT INTO s3outbox.blobs (object_key, size, sha256, content_type, status)
+    SELECT object_key, 1024, sha256, %(content_type)s, 'uploading' FROM doc
+)
 INSERT INTO s3outbox.documents (id, owner_id, object_key, filename, content_type,
                                 declared_size, sha256, status, upload_expires_at, confirmed_at)
-SELECT gen_random_uuid(), %(owner)s || '-' || (i %% %(owners)s), %(prefix)s || gen_random_uuid(),
-       'bulk.bin', %(content_type)s, 1024, encode(sha256(uuid_send(gen_random_uuid())), 'hex'),
-       'uploaded', now() + interval '1 hour', now()
-FROM generate_series(1, %(count)s) i;
+SELECT id, owner_id, object_key, 'bulk.bin', %(content_type)s, 1024, sha256, 'uploaded',
+       now() + interval '1 hour', now()
+FROM doc;
 
 -- name: bulk_owner_documents
 -- `count` documents of one owner in one state, created one second apart, the newest
--- `before` seconds before now.
+-- `before` seconds before now, each with its blob (deleted: these are deleted documents).
+WITH doc AS (
+    SELECT gen_random_uuid() AS id, %(prefix)s || gen_random_uuid() AS object_key,
+           encode(sha256(uuid_send(gen_random_uuid())), 'hex') AS sha256,
+           now() - make_interval(secs => %(before)s + i) AS created_at
+    FROM generate_series(1, %(count)s) i
+), blob AS (
+    INSERT INTO s3outbox.blobs (object_key, size, sha256, content_type, status, created_at)
+    SELECT object_key, 1024, sha256, %(content_type)s,
+           CASE WHEN %(status)s::text = 'deleted' THEN 'deleted' ELSE 'verified' END, created_at
+    FROM doc
+)
 INSERT INTO s3outbox.documents (id, owner_id, object_key, filename, content_type,
                                 declared_size, sha256, status, upload_expires_at, created_at)
-SELECT gen_random_uuid(), %(owner)s, %(prefix)s || gen_random_uuid(), 'bulk.bin',
-       %(content_type)s, 1024, encode(sha256(uuid_send(gen_random_uuid())), 'hex'),
-       %(status)s, now(), now() - make_interval(secs => %(before)s + i)
-FROM generate_series(1, %(count)s) i;
+SELECT id, %(owner)s, object_key, 'bulk.bin', %(content_type)s, 1024, sha256, %(status)s,
+       now(), created_at
+FROM doc;
 
 -- name: bulk_done_events
 -- `count` finished events (a week of retention, as the sweeper keeps them). Their document
@@ -140,3 +160,14 @@ FROM pg_stat_user_tables s WHERE s.relid = 's3outbox.events'::regclass;
 -- name: hold_xmin
 -- In a REPEATABLE READ transaction: its snapshot holds the xmin horizon back until it ends.
 SELECT count(*) FROM s3outbox.quotas;
+
+-- name: document_timing
+-- One document's confirm and verify instants (database clock), and its status.
+SELECT extract(epoch FROM confirmed_at)::float8, extract(epoch FROM verified_at)::float8, status
+FROM s3outbox.documents WHERE id = %(id)s;
+
+-- name: document_events
+-- A document's events, for a round that waited too long on it.
+SELECT id, topic, status, attempts, failures, rescues, available_at, dispatched_at,
+    finished_at, last_error
+FROM s3outbox.events WHERE document_id = %(id)s ORDER BY id;

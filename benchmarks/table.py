@@ -175,6 +175,33 @@ def _peers(peers: Json) -> list[str]:
     return lines
 
 
+def _busy(busy: Json) -> str:
+    return f"{busy['client']}, {busy['seaweedfs']}"
+
+
+def _multipart(mp: Json) -> list[str]:
+    lines = []
+    for s in mp["sizes"]:
+        what = f"large file {s['bytes'] // 2**20} MiB, {s['parts']} parts x {s['threads']} threads"
+        lines += [
+            _row(f"{what}: helper MB/s", _fmt(s["helper_mb_per_s"])),
+            _row(f"{what}: boto3 upload_file MB/s", _fmt(s["boto3_mb_per_s"])),
+            _row(
+                f"{what}: helper / boto3 (over {s['rounds']} alternating rounds)",
+                s["ratio_helper_over_boto3"],
+            ),
+            _row(
+                f"{what}: cores busy (client, seaweedfs) helper / boto3",
+                f"{_busy(s['helper_cpu_cores_busy'])} / {_busy(s['boto3_cpu_cores_busy'])}",
+            ),
+            _row(
+                f"{what}: confirm-to-available s",
+                " / ".join(f"{x:.3f}" for x in s["confirm_to_available_seconds"]["rounds"]),
+            ),
+        ]
+    return lines
+
+
 def _targets(targets: Json) -> list[str]:
     lines = ["| target | value | met |", "|---|---|---|"]
     for name, t in targets.items():
@@ -198,6 +225,7 @@ def table(r: Json) -> str:
     lines += _flat(r["flat"])
     lines += _end_to_end(r["end_to_end"])
     lines += _peers(r["peers"])
+    lines += _multipart(r["multipart"])
     lines.append("")
     lines += _targets(r["targets"])
     return "\n".join(lines)

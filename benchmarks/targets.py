@@ -132,4 +132,29 @@ def targets(r: Json) -> Json:
         "target": ">= 0.8",
         "met": flat["xmin"]["ratio"] >= 0.8,
     }
+    if "multipart" in r:
+        out.update(multipart_targets(r["multipart"]))
     return out
+
+
+def multipart_targets(mp: Json) -> Json:
+    """The large-file targets: the helper's MB/s against boto3's on the largest file, and a
+    confirm-to-available of seconds at every size."""
+    largest = max(mp["sizes"], key=lambda s: s["bytes"])
+    ratio = float(largest["ratio_helper_over_boto3"])
+    waits = {
+        f"{s['bytes'] // 2**20} MiB": median_of(s["confirm_to_available_seconds"])
+        for s in mp["sizes"]
+    }
+    return {
+        "multipart_vs_boto3": {
+            "ratio": ratio,
+            "target": f">= 0.8 at {largest['bytes'] // 2**20} MiB",
+            "met": ratio >= 0.8,
+        },
+        "multipart_confirm_to_available_s": {
+            "value": waits,
+            "target": "seconds at every size (< 10)",
+            "met": max(waits.values()) < 10,
+        },
+    }

@@ -145,3 +145,56 @@ class MigrationLocked(OutboxError):
 
     http_status = 503
     code = "migration_locked"
+
+
+class UploadFailed(OutboxError):
+    """The upload helper (``outbox.uploader``) gave up: storage or the API kept failing after
+    every retry, or refused a part for good (HTTP 502 for an app that relays it: an upstream
+    failed). Carries ``document_id``, ``part_number`` (None: the single PUT or an API call),
+    ``attempts`` and, when storage answered, its ``status``. The document stays pending:
+    resume it with ``Uploader.resume`` while its upload window lasts."""
+
+    http_status = 502
+    code = "upload_failed"
+
+
+class UploadInterrupted(UploadFailed):
+    """The upload helper was stopped (its ``stop`` flag was set: ``s3-outbox run`` sets it
+    on Ctrl-C) before it confirmed. Carries ``document_id`` (None: stopped before the
+    document existed): resume it with ``Uploader.resume``, which sends only the parts not
+    reported yet."""
+
+    http_status = 499
+    code = "upload_interrupted"
+
+
+class FileChanged(UploadFailed):
+    """The local file is not the one being uploaded: its size or modification time changed
+    during the upload, or its size is not the document's when resuming (HTTP 409). Nothing
+    was confirmed."""
+
+    http_status = 409
+    code = "file_changed"
+
+
+class HttpApiError(OutboxError):
+    """The reference HTTP API answered an error the library has no class for (e.g. the owner
+    dependency's 401), or a body that is not one of its JSON errors. ``http_status`` and
+    ``code`` are the response's (502 when not given: an upstream failed); carries ``body``."""
+
+    http_status = 502
+    code = "http_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        http_status: int | None = None,
+        code: str | None = None,
+        **details: Any,
+    ):
+        super().__init__(message, **details)
+        if http_status is not None:
+            self.http_status = http_status
+        if code is not None:
+            self.code = code

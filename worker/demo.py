@@ -1,9 +1,13 @@
 """The demo ``s3-outbox run`` drives: real files uploaded through presigned URLs over HTTP,
-confirmed, some deleted, a tampered upload refused by storage; progress shown as it goes."""
+confirmed, some deleted, a tampered upload refused by storage, and one large generated file
+(just above the multipart threshold) sent in parallel parts by the upload helper
+(``outbox.uploader``); progress shown as it goes."""
 
 from __future__ import annotations
 
 import hashlib
+import os
+import random
 import struct
 import sys
 import time
@@ -12,12 +16,21 @@ import urllib.request
 import zlib
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import psycopg
+from psycopg_pool import ConnectionPool
 
-from outbox import DocumentStatus, Outbox, OutboxError, Settings
+from outbox import DocumentStatus, Outbox, OutboxError, Settings, UploadInterrupted
+from outbox.settings import MIB
+from outbox.uploader import LibraryApi, Uploader
 from worker.ops.status import status_report
 from worker.service import Stop
+
+#: The demo's large file: a generated dataset just above the multipart threshold.
+LARGE_NAME = "large dataset.bin"
+#: Parts the demo's large file sends at once.
+LARGE_THREADS = 4
 
 FINAL = {
     DocumentStatus.AVAILABLE,
@@ -59,8 +72,38 @@ def _png(width: int = 64, height: int = 64) -> bytes:
     )
 
 
-def demo_files(data_dir: Path) -> list[Path]:
-    """A handful of real files to upload (written once under ``data_dir/demo-files``)."""
+def generated_file(path: Path, size: int, *, seed: int = 0) -> Path:
+    """A file of ``size`` incompressible bytes, written fast (the disk's speed, not the
+    random generator's): one 16 MiB random block, a different MiB of it at a time, each
+    MiB stamped with its index so that no two are alike. A file already of that size is
+    kept."""
+    if path.is_file() and path.stat().st_size == size:
+        return path
+    pool = 16
+    block = random.Random(seed).randbytes(pool * MIB)
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "wb") as f:
+        written = 0
+        index = 0
+        while written < size:
+            n = min(MIB, size - written)
+            start = (index * 7 % pool) * MIB
+            chunk = struct.pack(">Q", index) + block[start + 8 : start + MIB]
+            f.write(chunk[:n])
+            written += n
+            index += 1
+    os.replace(partial, path)
+    return path
+
+
+def large_file_size(settings: Settings) -> int:
+    """Just above the multipart threshold: the smallest file the demo sends in parts."""
+    return settings.multipart_threshold_bytes + MIB + 12345
+
+
+def demo_files(data_dir: Path, large_bytes: int | None = None) -> list[Path]:
+    """A handful of real files to upload (written once under ``data_dir/demo-files``), and
+    with ``large_bytes`` a generated file of that size (sent in parts above the threshold)."""
     folder = data_dir / "demo-files"
     folder.mkdir(parents=True, exist_ok=True)
     pdf = (
@@ -83,7 +126,45 @@ def demo_files(data_dir: Path) -> list[Path]:
         if not path.exists():
             path.write_bytes(body)
         paths.append(path)
+    if large_bytes is not None:
+        paths.append(generated_file(folder / LARGE_NAME, large_bytes))
     return paths
+
+
+def upload_large(
+    settings: Settings, outbox: Outbox, owner: str, path: Path, stop: Stop | None
+) -> UUID | None:
+    """Send a file above the multipart threshold with the upload helper: parts hashed and
+    PUT in parallel, each reported, then the confirm. The document id, or None if it was
+    refused (said why) or stopped."""
+    pool: ConnectionPool[Any] = ConnectionPool(
+        settings.database_url, min_size=1, max_size=LARGE_THREADS + 3, open=False
+    )
+    pool.open(wait=True, timeout=30)
+    try:
+        api = LibraryApi(outbox, owner_id=owner, connect=pool.connection)
+        with Uploader(api, threads=LARGE_THREADS, stop=stop) as uploader:
+            started = time.monotonic()
+            result = uploader.upload(path, content_type=_type_of(path))
+    except UploadInterrupted:
+        return None
+    except OutboxError as exc:
+        say(f"{path.name}: refused ({exc.http_status} {exc.code}): {exc.message}")
+        return None
+    finally:
+        pool.close()
+    seconds = max(time.monotonic() - started, 1e-3)
+    say(
+        f"{path.name}: {result.part_count} parts ({result.size} bytes) hashed and PUT over"
+        f" HTTP, {LARGE_THREADS} at a time, by the upload helper in {seconds:.1f}s"
+        f" ({result.size / seconds / MIB:.0f} MiB/s, {result.retries} retries)"
+        f" -> {result.status}"
+    )
+    return result.document_id
+
+
+def _type_of(path: Path) -> str:
+    return _TYPES.get(path.suffix.lower(), "application/octet-stream")
 
 
 _TYPES = {
@@ -110,8 +191,15 @@ def run_demo(
     ids: dict[str, Any] = {}
     with psycopg.connect(settings.database_url) as conn:
         for path in files:
+            if stop is not None and stop.is_set():
+                break
+            if path.stat().st_size > settings.multipart_threshold_bytes:
+                large = upload_large(settings, outbox, owner, path, stop)
+                if large is not None:
+                    ids[path.name] = large
+                continue
             body = path.read_bytes()
-            ctype = _TYPES.get(path.suffix.lower(), "application/octet-stream")
+            ctype = _type_of(path)
             try:
                 ticket = outbox.request_upload(
                     conn,
@@ -192,9 +280,9 @@ def print_summary(
 ) -> None:
     page = outbox.list(conn, owner_id=owner, limit=100, include_deleted=True)
     print()
-    print(f"{'document':<38} {'status':<10} {'bytes':>8}  filename")
+    print(f"{'document':<38} {'status':<10} {'bytes':>10}  filename")
     for doc in page.items:
-        print(f"{doc.id!s:<38} {doc.status.value:<10} {doc.declared_size:>8}  {doc.filename}")
+        print(f"{doc.id!s:<38} {doc.status.value:<10} {doc.declared_size:>10}  {doc.filename}")
     quota = outbox.quota(conn, owner_id=owner)
     print(
         f"\nquota of {owner}: used {quota.used_bytes} B, reserved {quota.reserved_bytes} B,"

@@ -17,7 +17,7 @@ from pathlib import Path
 import psycopg
 
 from outbox import Settings, migrate
-from worker.demo import demo_files, run_demo, say
+from worker.demo import demo_files, large_file_size, run_demo, say
 from worker.processes import PROCESSES, command
 from worker.servers import servers
 from worker.service import StopFlag
@@ -63,7 +63,11 @@ def run(
                 )
             ok = True
             if demo and not stop.is_set():
-                paths = [Path(f) for f in files] if files else demo_files(data_dir)
+                paths = (
+                    [Path(f) for f in files]
+                    if files
+                    else demo_files(data_dir, large_bytes=large_file_size(settings))
+                )
                 ok = run_demo(settings, paths, stop=stop)
                 say("demo finished" if ok else "demo did not settle in time")
             if stop.is_set():

@@ -113,6 +113,18 @@ def test_bench_quick_writes_every_figure(tmp_path: Path) -> None:
     scaling = r["targets"]["two_vs_one_process"]
     assert {"machine_cores_busy_2p", "machine_cpus", "saturated"} <= set(scaling)
     assert "ms CPU per doc in s3-outbox" in proc.stdout
+    mp = r["multipart"]
+    sizes = [m * 2**20 for m in r["config"]["multipart_sizes_mib"]]
+    assert [s["bytes"] for s in mp["sizes"]] == sizes
+    for size in mp["sizes"]:
+        assert size["parts"] >= 2 and size["bytes"] > mp["threshold_bytes"]
+        for name in ("helper_mb_per_s", "boto3_mb_per_s", "confirm_to_available_seconds"):
+            assert _has_summary(size[name]), name
+            assert len(size[name]["rounds"]) == r["config"]["multipart_rounds"]
+        assert size["ratio_helper_over_boto3"] > 0
+        assert {"client", "seaweedfs"} <= set(size["helper_cpu_cores_busy"])
+        assert {"client", "seaweedfs"} <= set(size["boto3_cpu_cores_busy"])
+    assert "helper / boto3" in proc.stdout and "confirm-to-available" in proc.stdout
     assert set(r["targets"]) == {
         "e2e_vs_head8",
         "vs_peers",
@@ -124,5 +136,7 @@ def test_bench_quick_writes_every_figure(tmp_path: Path) -> None:
         "list_deleted_vs_none",
         "scrape_done_vs_empty",
         "claims_xmin_held_vs_not",
+        "multipart_vs_boto3",
+        "multipart_confirm_to_available_s",
     }
     assert "relay alone" in proc.stdout and "xmin held" in proc.stdout

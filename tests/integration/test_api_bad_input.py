@@ -622,4 +622,8 @@ def test_every_error_class_has_an_http_status_and_to_dict():
         415,
         422,
         503,  # the database is not migrated yet, or a migration could not take its lock
+        # The upload helper's own (client side, for an app that relays them): it gave up or
+        # the API answered an error of no class (502), it was stopped (499).
+        499,
+        502,
     }
