@@ -42,8 +42,8 @@ from benchmarks.end_to_end import end_to_end
 from benchmarks.flat import flat
 from benchmarks.limits import limits
 from benchmarks.measure import machine_info
-from benchmarks.notify import notify
 from benchmarks.multipart import multipart
+from benchmarks.notify import notify
 from benchmarks.prepare import prepare
 from benchmarks.relay import relay
 from benchmarks.servers import bench_servers
