@@ -99,17 +99,33 @@ def _plan_indexes(plan: Any) -> set[str]:
 def heavy_deleter(settings: Settings) -> str:
     """An owner with 5,000 deleted documents and 60 live ones, analysed."""
     owner = f"deleter-{uuid.uuid4().hex[:8]}"
+    # Each document with its own blob (deleted or verified, as its document).
     insert = (
-        "INSERT INTO s3outbox.documents (id, owner_id, object_key, filename, content_type,"
+        "WITH doc AS (SELECT %(owner)s || '/' || %(kind)s || i AS object_key,"
+        " encode(sha256((%(owner)s || %(kind)s || i)::bytea), 'hex') AS sha256,"
+        " now() - make_interval(secs => i) AS created_at FROM generate_series(1, %(n)s) i),"
+        " blob AS (INSERT INTO s3outbox.blobs (object_key, size, sha256, content_type, status)"
+        " SELECT object_key, 10, sha256, 'application/pdf', %(blob_status)s FROM doc)"
+        " INSERT INTO s3outbox.documents (id, owner_id, object_key, filename, content_type,"
         " declared_size, sha256, status, upload_expires_at, created_at)"
-        " SELECT gen_random_uuid(), %(owner)s, %(owner)s || '/' || %(kind)s || i, 'f.pdf',"
-        " 'application/pdf', 10, encode(sha256((%(owner)s || %(kind)s || i)::bytea), 'hex'),"
-        " %(status)s, now(), now() - make_interval(secs => i)"
-        " FROM generate_series(1, %(n)s) i"
+        " SELECT gen_random_uuid(), %(owner)s, object_key, 'f.pdf', 'application/pdf', 10,"
+        " sha256, %(status)s, now(), created_at FROM doc"
     )
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
-        conn.execute(insert, {"owner": owner, "kind": "d", "status": "deleted", "n": 5000})
-        conn.execute(insert, {"owner": owner, "kind": "l", "status": "available", "n": 60})
+        conn.execute(
+            insert,
+            {"owner": owner, "kind": "d", "status": "deleted", "blob_status": "deleted", "n": 5000},
+        )
+        conn.execute(
+            insert,
+            {
+                "owner": owner,
+                "kind": "l",
+                "status": "available",
+                "blob_status": "verified",
+                "n": 60,
+            },
+        )
         conn.execute("ANALYZE s3outbox.documents")
     return owner
 

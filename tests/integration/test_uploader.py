@@ -309,11 +309,16 @@ def test_a_small_file_takes_one_put(
     assert doc.sha256 == sha256_of(path) and doc.multipart is None
     assert stored_sha256(settings, outbox, pool, result.document_id) == doc.sha256
 
-    # The same content again: already stored, nothing sent.
+    # The same content again, once verified: a second document sharing the stored blob
+    # (available at once, charged its size), nothing sent.
     with Uploader(api, progress=False) as uploader:
         again = uploader.upload(path, content_type="application/octet-stream")
-    assert again.deduplicated and again.document_id == result.document_id
+    assert again.deduplicated and again.document_id != result.document_id
     assert again.parts_sent == 0 and proxy.requests == 1
+    with pool.connection() as conn:
+        second = outbox.get(conn, owner_id="alice", document_id=again.document_id)
+    assert second.status == DocumentStatus.AVAILABLE
+    assert second.object_key == doc.object_key
 
 
 CHILD = """

@@ -58,36 +58,38 @@ def _estimated_done(
 def document_counts(conn: psycopg.Connection[Any], cap: int = CAP) -> list[tuple[str, int]]:
     """(status, count) of the documents: exact up to ``cap`` per state, estimated above."""
     statuses = [s.value for s in DocumentStatus]
-    return _state_counts(conn, "document", statuses, cap)
+    q = _sql()
+    return _state_counts(
+        conn, (q["document_counts_capped"], q["document_estimates"]), statuses, cap
+    )
 
 
 def blob_counts(conn: psycopg.Connection[Any], cap: int = CAP) -> list[tuple[str, int]]:
     """(status, count) of the blobs, every state (0 included): exact up to ``cap`` per state,
     estimated above."""
-    return _state_counts(conn, "blob", [s.value for s in BlobStatus], cap, keep_zero=True)
+    statuses = [s.value for s in BlobStatus]
+    q = _sql()
+    queries_ = (q["blob_counts_capped"], q["blob_estimates"])
+    return _state_counts(conn, queries_, statuses, cap, keep_zero=True)
 
 
 def _state_counts(
     conn: psycopg.Connection[Any],
-    table: str,
+    sql: tuple[str, str],
     statuses: list[str],
     cap: int,
     *,
     keep_zero: bool = False,
 ) -> list[tuple[str, int]]:
-    """Rows of ``table`` ("document" or "blob": its named queries) by state."""
-    q = _sql()
+    """Rows by state, through ``sql``: the capped count's query and the estimate's."""
+    capped, estimated = sql
     counted = {
         str(s): int(n)
-        for s, n in conn.execute(
-            q[f"{table}_counts_capped"], {"cap": cap, "statuses": statuses}
-        ).fetchall()
+        for s, n in conn.execute(capped, {"cap": cap, "statuses": statuses}).fetchall()
     }
     estimates: dict[str, float] = {}
     if any(n > cap for n in counted.values()):
-        estimates = {
-            str(s): float(e) for s, e in conn.execute(q[f"{table}_estimates"], {"column": "status"})
-        }
+        estimates = {str(s): float(e) for s, e in conn.execute(estimated, {"column": "status"})}
     return [
         (s, n if n <= cap else max(round(estimates.get(s, 0.0)), n))
         for s, n in counted.items()
