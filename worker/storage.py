@@ -365,6 +365,21 @@ class Storage:
             if _code(exc) not in _NO_UPLOAD_CODES:
                 raise
 
+    def abort_uploads_of(self, key: str) -> int:
+        """Abort every multipart upload in progress for exactly ``key``, recorded or not: a
+        CreateMultipartUpload whose answer was lost (the connection dropped after storage
+        acted) made an upload that no row names, and a retry made another. Returns how many
+        were aborted. Needs ``s3:ListBucketMultipartUploads``."""
+        aborted = 0
+        markers: UploadMarkers | None = {}
+        while markers is not None:
+            page, markers = self.list_uploads_page(key, markers, 1000)
+            for upload in page:
+                if upload.key == key:  # the prefix also matches longer keys
+                    self.abort_multipart(key, upload.upload_id)
+                    aborted += 1
+        return aborted
+
     def list_uploads_page(
         self, prefix: str, markers: UploadMarkers, max_uploads: int
     ) -> tuple[list[UploadInProgress], UploadMarkers | None]:

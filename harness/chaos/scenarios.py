@@ -220,16 +220,17 @@ def shared_content(
     """Issue 12: a second document of the same content (see ``Scenario.SHARED``). Variant 0:
     the same owner asks under another name and type before the upload (it waits on it);
     variant 1: after the confirm (it waits, or shares once verified), then the first is
-    deleted once available: the second keeps the object; on odd items, once the first is
-    available, its delete (the last reference) races the second request in another thread:
-    the second shares the blob, or finds it deleting and uploads anew; variant 2: another
+    deleted once available (or after 30 s): the second keeps the object; on odd items, once
+    the first is available, its delete (the last reference) races the second request in
+    another thread: the second shares the blob, or finds it deleting and uploads anew;
+    variant 2: another
     owner uploads its own copy (no existence leak: a URL of its own), the dedup shares the
     blob, and on odd items the first owner's document is deleted at once, racing that
     dedup. The second documents are recorded once the first's fate is known."""
     counters, doc_id = run.counters, ticket.document.id
     other_type = "text/plain" if item.content_type != "text/plain" else "application/json"
     extras: list[uuid.UUID] = []
-    done = False
+    done = late = False
 
     def second(owner: str, c: Client = client) -> UploadTicket:
         return c.tx(
@@ -284,7 +285,13 @@ def shared_content(
                 raise AssertionError(f"a second name of stored content got {copy.document}")
             counters.inc(f"shared_{copy.document.status.value}")
             extras.append(copy.document.id)
-            run.defer_delete(item.owner, doc_id)  # one of two references, once available
+            # One of two references, deleted once available. When faults held the verify
+            # back longer than that wait, the delete comes first and a second document
+            # still waiting on the upload is rejected with it: either end is right then.
+            if not _wait_available(client, item.owner, doc_id):
+                counters.inc("shared_first_deleted_before_available")
+                late = True
+            client.delete(item.owner, doc_id)
             result.expected = DocumentStatus.DELETED
         elif item.variant == 2:
             other = f"{item.owner}-other"
@@ -302,7 +309,7 @@ def shared_content(
     finally:
         # After a client error, what the second documents end as is not known (checked by
         # the invariants only, like the item's own document).
-        expected = DocumentStatus.AVAILABLE if done else None
+        expected = DocumentStatus.AVAILABLE if done and not late else None
         for extra in extras:
             run.record(ItemResult(item, document_id=extra, expected=expected, extra=True))
 

@@ -533,6 +533,41 @@ def test_delete_during_upload_aborts_and_leaves_nothing(
     assert len(rechecks) == 1
 
 
+def lost_create_answer(storage: Storage, up: Upload) -> str:
+    """An upload of the document's key that no row names: what a CreateMultipartUpload leaves
+    when the connection drops after storage acted and the worker's retry creates another."""
+    return storage.create_multipart(up.key, "application/octet-stream")
+
+
+def test_a_purge_aborts_the_uploads_no_row_names(
+    outbox: Outbox, conn: Conn, inline_worker: InlineWorker, settings: Settings, storage: Storage
+) -> None:
+    up = request(outbox, conn)
+    upload_id = created(inline_worker, up)
+    stray = lost_create_answer(storage, up)
+    send_parts(outbox, conn, up, [1])
+    assert sorted(uploads_of(settings, up.key)) == sorted([upload_id, stray])
+    outbox.delete(conn, owner_id="alice", document_id=up.id)
+    conn.commit()
+    inline_worker.drain()
+    assert doc_row(settings, up.id)["status"] == DocumentStatus.DELETED
+    assert uploads_of(settings, up.key) == [] and keys_listed(settings, up.key) == []
+
+
+def test_a_completed_upload_leaves_no_other_upload_of_its_key(
+    outbox: Outbox, conn: Conn, inline_worker: InlineWorker, settings: Settings, storage: Storage
+) -> None:
+    up = request(outbox, conn)
+    upload_id = created(inline_worker, up)
+    stray = lost_create_answer(storage, up)
+    send_parts(outbox, conn, up)
+    confirm(outbox, conn, up)
+    assert sorted(uploads_of(settings, up.key)) == sorted([upload_id, stray])
+    inline_worker.drain()
+    assert status_of(outbox, conn, up) == DocumentStatus.AVAILABLE
+    assert uploads_of(settings, up.key) == [] and keys_listed(settings, up.key) == [up.key]
+
+
 def test_delete_of_a_confirmed_document_while_its_verify_completes(
     outbox: Outbox, conn: Conn, inline_worker: InlineWorker, settings: Settings, storage: Storage
 ) -> None:

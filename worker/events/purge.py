@@ -40,10 +40,14 @@ def handle(
     # A document never returns to a live state, nor a blob from `deleting`: these checks
     # cannot go stale.
     if doc is not None and doc["status"] not in LIVE_STATUSES and _blob_gone(ctx, doc):
-        if doc["upload_id"] is not None:
+        if doc["part_size"] is not None:
             # First, so no Complete can make the object after the delete below; a part PUT
-            # still streaming may outlive an abort: the re-check aborts again.
-            ctx.storage.abort_multipart(doc["object_key"], doc["upload_id"])
+            # still streaming may outlive an abort: the re-check aborts again. Every upload
+            # of the key, not only the recorded one: a create whose answer was lost left
+            # another that no row names.
+            if doc["upload_id"] is not None:
+                ctx.storage.abort_multipart(doc["object_key"], doc["upload_id"])
+            ctx.storage.abort_uploads_of(doc["object_key"])
         ctx.storage.delete(doc["object_key"])
         deleted_blob = True
     with transaction(ctx.pool) as cur:
@@ -83,6 +87,7 @@ def _purge_key(ctx: Context, event: Row, now: datetime | None) -> Outcome:
     if referenced:
         log.warning("purge of %s skipped: a live document references it", key)
     else:
+        ctx.storage.abort_uploads_of(key)  # none, unless the key had a multipart upload
         ctx.storage.delete(key)
     with transaction(ctx.pool) as cur:
         locked = lifecycle.lock(cur, event, now)

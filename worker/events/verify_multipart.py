@@ -121,6 +121,10 @@ def inspect(storage: Storage, doc: Row, recorded: Sequence[Row]) -> Inspection:
         return Inspection(None, None, final=False)
     declared = DeclaredParts(size, composite_sha256(digests), doc["content_type"])
     problem = multipart_mismatch(declared, info)
+    if problem is None:
+        # The object is complete: no other upload of this key may stay (a create whose
+        # answer was lost made one that no row names; a rejection's purge aborts them all).
+        storage.abort_uploads_of(key)
     return Inspection(Observation(info, problem), problem, final=True)
 
 
