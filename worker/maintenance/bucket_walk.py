@@ -25,11 +25,10 @@ from typing import Any
 import psycopg
 from botocore.exceptions import BotoCoreError, ClientError
 
-from outbox.settings import Settings
 from worker import metrics
-from worker.maintenance.job import sql
+from worker.maintenance.job import StorageJob, sql
 from worker.orphans import examine, queue_purges
-from worker.storage import Storage, unavailable
+from worker.storage import unavailable
 
 log = logging.getLogger("s3outbox.sweeper")
 
@@ -47,20 +46,10 @@ class Page:
     pass_ended: bool
 
 
-class BucketWalk:
+class BucketWalk(StorageJob):
     """The sweeper job (``run_once`` returns the orphan purges it queued)."""
 
     name = "bucket_walk"
-
-    def __init__(self, settings: Settings, storage: Storage | None = None) -> None:
-        self.settings = settings
-        self._storage = storage
-
-    @property
-    def storage(self) -> Storage:
-        if self._storage is None:
-            self._storage = Storage(self.settings)
-        return self._storage
 
     def run_once(self, conn: psycopg.Connection[Any], now: datetime | None) -> int:
         """Walk up to ``bucket_walk_pages_per_round`` pages, stopping early at the end of a

@@ -11,6 +11,8 @@ from typing import Any, Protocol
 import psycopg
 
 from outbox import queries
+from outbox.settings import Settings
+from worker.storage import Storage
 
 
 class Job(Protocol):
@@ -19,6 +21,21 @@ class Job(Protocol):
     name: str
 
     def run_once(self, conn: psycopg.Connection[Any], now: datetime | None) -> int: ...
+
+
+class StorageJob:
+    """Base of a job that talks to storage (the walks): its client is made on first use, in
+    the process that runs the job (after any fork), unless one is given (tests)."""
+
+    def __init__(self, settings: Settings, storage: Storage | None = None) -> None:
+        self.settings = settings
+        self._storage = storage
+
+    @property
+    def storage(self) -> Storage:
+        if self._storage is None:
+            self._storage = Storage(self.settings)
+        return self._storage
 
 
 @cache

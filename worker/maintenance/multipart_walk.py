@@ -27,9 +27,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from outbox.settings import Settings
 from worker import metrics
-from worker.maintenance.job import sql
+from worker.maintenance.job import StorageJob, sql
 from worker.orphan_uploads import abort, examine
-from worker.storage import Storage, UploadMarkers, unavailable
+from worker.storage import UploadMarkers, unavailable
 
 log = logging.getLogger("s3outbox.sweeper")
 
@@ -48,20 +48,10 @@ def cursor_name(settings: Settings) -> str:
     return f"multipart_walk:{settings.s3_bucket}/{settings.key_prefix}"
 
 
-class MultipartWalk:
+class MultipartWalk(StorageJob):
     """The sweeper job (``run_once`` returns the orphan uploads it aborted)."""
 
     name = "multipart_walk"
-
-    def __init__(self, settings: Settings, storage: Storage | None = None) -> None:
-        self.settings = settings
-        self._storage = storage
-
-    @property
-    def storage(self) -> Storage:
-        if self._storage is None:
-            self._storage = Storage(self.settings)
-        return self._storage
 
     def run_once(self, conn: psycopg.Connection[Any], now: datetime | None) -> int:
         """Walk up to ``bucket_walk_pages_per_round`` pages, stopping at the end of a pass.
