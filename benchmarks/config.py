@@ -32,6 +32,9 @@ class BenchConfig:
     #: The peers' HeadObject: boto3's head_object, as their users write the job, and ours.
     peer_heads: tuple[str, ...] = ("boto3", "lean")
     api_calls: int = 1000
+    #: The API at concurrency: client threads, seconds per phase (bare INSERT, then the calls).
+    api_clients: int = 8
+    api_clients_seconds: float = 3.0
     #: Relay alone: pending verify events dispatched per round, by 1 and 2 relays.
     relay_events: int = 100_000
     relay_counts: tuple[int, ...] = (1, 2)
@@ -64,6 +67,7 @@ class BenchConfig:
             steady_seconds=0.6,
             peer_size=40,
             api_calls=50,
+            api_clients_seconds=0.5,
             relay_events=2_000,
             notify_seconds=0.5,
             list_deleted=20_000,

@@ -86,7 +86,9 @@ class CpuMeter:
                 for proc in [root, *root.children(recursive=True)]:
                     with contextlib.suppress(psutil.Error):
                         t = proc.cpu_times()
-                        total += t.user + t.system
+                        # A child that exited (a closed connection's backend) is counted
+                        # in its parent's children_* times once reaped, and only there.
+                        total += t.user + t.system + t.children_user + t.children_system
         return total
 
     def start(self) -> None:

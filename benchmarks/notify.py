@@ -7,12 +7,12 @@ serialised."""
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 import psycopg
 from psycopg import sql as pgsql
 
+from benchmarks.clients import transactions_per_s
 from benchmarks.config import Json
 from benchmarks.context import BenchContext, say, sql
 from benchmarks.measure import summary
@@ -22,34 +22,13 @@ from outbox.constants import NOTIFY_CHANNEL
 def _commits_per_s(ctx: BenchContext, clients: int, seconds: float) -> float:
     """Transactions/s of ``clients`` threads, each INSERT one event + COMMIT in a loop."""
     insert = sql()["notify_event_row"]
-    conns = [ctx.connect(autocommit=False) for _ in range(clients)]
-    counts = [0] * clients
-    stop = threading.Event()
-    start = threading.Barrier(clients + 1)
 
-    def loop(i: int) -> None:
-        conn, n = conns[i], 0
-        start.wait()
-        while not stop.is_set():
-            conn.execute(insert)
-            conn.commit()
-            n += 1
-        counts[i] = n
+    def step(_: int, conn: psycopg.Connection[Any], __: int) -> int:
+        conn.execute(insert)
+        conn.commit()
+        return 1
 
-    threads = [threading.Thread(target=loop, args=(i,)) for i in range(clients)]
-    try:
-        for t in threads:
-            t.start()
-        start.wait()
-        t0 = time.monotonic()
-        time.sleep(seconds)
-        stop.set()
-        for t in threads:
-            t.join()
-        return sum(counts) / (time.monotonic() - t0)
-    finally:
-        for conn in conns:
-            conn.close()
+    return transactions_per_s(ctx, clients, seconds, step)
 
 
 def _listen(ctx: BenchContext, stop: threading.Event) -> threading.Thread:

@@ -53,11 +53,31 @@ def _api(api: Json) -> list[str]:
     ]
     lines += [
         _row(
-            f"API: {name} round trips (+1 app INSERT, +1 COMMIT) / outbox INSERTs",
+            f"API: {name} round trips in the caller's transaction (+ its COMMIT) / outbox INSERTs",
             f"{pc['library_round_trips']} / {pc['outbox_event_inserts']}",
         )
         for name, pc in api["per_call"].items()
     ]
+    if "clients" in api:
+        c = api["clients"]
+        lines += [
+            _row(
+                f"API: {c['clients']} clients, bare insert tx per s",
+                _fmt(c["bare_insert_tx_per_s"]),
+            ),
+            _row(
+                f"API: {c['clients']} clients, request upload and confirm tx per s",
+                _fmt(c["request_upload_and_confirm_tx_per_s"]),
+            ),
+            _row(f"API: {c['clients']} clients, calls / bare insert", c["calls_over_bare"]),
+            *(
+                _row(
+                    f"API: {c['clients']} clients, {phase}: cores busy",
+                    ", ".join(f"{k} {v}" for k, v in cores.items()),
+                )
+                for phase, cores in c.get("cores_busy", {}).items()
+            ),
+        ]
     return lines
 
 

@@ -106,6 +106,7 @@ def targets(r: Json) -> Json:
     per_call = r["api"]["per_call"]
     inserts = max(v["outbox_event_inserts"] for v in per_call.values())
     out["outbox_inserts_per_call"] = {"value": inserts, "target": "<= 1", "met": inserts <= 1}
+    out.update(api_targets(r["api"]))
     if (largest, 1) in by and (largest, 2) in by:
         out["two_vs_one_process"] = _scaling(r, by, largest)
     relays = {
@@ -134,6 +135,38 @@ def targets(r: Json) -> Json:
     }
     if "multipart" in r:
         out.update(multipart_targets(r["multipart"]))
+    return out
+
+
+def api_targets(api: Json) -> Json:
+    """Target 6, an API as cheap as a row: one statement per call in the caller's
+    transaction (+ its COMMIT), each call's transaction within 2x a bare INSERT transaction,
+    and at 8 clients the calls' transactions/s at least 70% of bare INSERT transactions/s."""
+    trips = {name: pc["library_round_trips"] for name, pc in api["per_call"].items()}
+    bare_ms = float(api["ms_per_call"]["bare_insert_tx"])
+    vs_bare = {
+        name: round(float(api["ms_per_call"][f"{name}_tx"]) / bare_ms, 2)
+        for name in ("request_upload", "confirm")
+    }
+    out: Json = {
+        "api_round_trips": {
+            "value": trips,
+            "target": "<= 1 each (+ the caller's COMMIT)",
+            "met": all(v <= 1 for v in trips.values()),
+        },
+        "api_tx_vs_bare_insert_tx": {
+            "value": vs_bare,
+            "target": "<= 2 each",
+            "met": all(v <= 2 for v in vs_bare.values()),
+        },
+    }
+    if "clients" in api:
+        ratio = float(api["clients"]["calls_over_bare"])
+        out["api_clients_vs_bare_insert"] = {
+            "ratio": ratio,
+            "target": ">= 0.7 (transactions/s at 8 clients)",
+            "met": ratio >= 0.7,
+        }
     return out
 
 

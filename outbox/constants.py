@@ -87,3 +87,14 @@ NOTIFY_CHANNEL = "s3outbox_events"
 
 #: The PostgreSQL schema that holds every s3-outbox table.
 DB_SCHEMA = "s3outbox"
+
+
+class RequestOutcome(StrEnum):
+    """What the one-statement upload request (``s3outbox.request_upload``) did."""
+
+    #: The blob and its pending document, the size reserved.
+    CREATED = "created"
+    #: Nothing written; the quota's figures come back for the error.
+    QUOTA_EXCEEDED = "quota_exceeded"
+    #: The owner has live documents of this SHA-256: the library's general path takes it.
+    SAME_CONTENT = "same_content"

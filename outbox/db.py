@@ -39,3 +39,17 @@ def reading(conn: psycopg.Connection[Any]) -> Iterator[psycopg.Cursor[Row]]:
     """A dict-row cursor for read-only calls (no savepoint needed)."""
     with conn.cursor(row_factory=dict_row) as cur:
         yield cur
+
+
+@contextlib.contextmanager
+def one_statement(conn: psycopg.Connection[Any]) -> Iterator[psycopg.Cursor[Row]]:
+    """A dict-row cursor for a call that is one statement in the caller's transaction and
+    reports a refusal in its result rather than raising: no savepoint needed (two round trips
+    saved), as the statement changes all or nothing. A database error in it (a lock or
+    statement timeout, a deadlock) fails the caller's transaction, as any statement of theirs
+    would.
+
+    With an autocommit connection, the statement is its own transaction.
+    """
+    with conn.cursor(row_factory=dict_row) as cur:
+        yield cur

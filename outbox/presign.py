@@ -17,7 +17,10 @@ from urllib.parse import parse_qs, quote, urlsplit
 from uuid import UUID
 
 import boto3
+from botocore.auth import S3SigV4QueryAuth
+from botocore.awsrequest import AWSRequest
 from botocore.config import Config
+from botocore.credentials import Credentials
 
 from outbox.settings import Settings
 
@@ -140,6 +143,10 @@ class Presigner:
         self._settings = settings
         self._lock = threading.Lock()
         self._client: S3Client | None = None
+        self._bucket_url: str | None = None
+        self._credentials = Credentials(
+            settings.s3_access_key_id, settings.s3_secret_access_key.get_secret_value()
+        )
 
     @property
     def client(self) -> S3Client:
@@ -150,28 +157,44 @@ class Presigner:
                     self._client = make_client(self._settings, self._settings.public_endpoint)
         return self._client
 
+    @property
+    def bucket_url(self) -> str:
+        """The bucket's URL on the public endpoint, as boto3 addresses it (path or virtual
+        host style, whatever it resolved): read once from a URL it signs."""
+        if self._bucket_url is None:
+            probe = "k"
+            url = self.client.generate_presigned_url(
+                "head_object", Params={"Bucket": self._settings.s3_bucket, "Key": probe}
+            )
+            base = url.split("?", 1)[0]
+            if not base.endswith("/" + probe):
+                raise ValueError(f"unexpected object URL from boto3: {base!r}")
+            self._bucket_url = base[: -len(probe) - 1]
+        return self._bucket_url
+
     def put_url(
         self, *, key: str, content_type: str, size: int, sha256_hex: str, expires_in: int
     ) -> tuple[str, dict[str, str]]:
         """A PUT URL that signs Content-Type, Content-Length and x-amz-checksum-sha256,
-        so storage refuses any other body; and the headers the client must send."""
+        so storage refuses any other body; and the headers the client must send.
+
+        Every upload request signs one, so it skips boto3's request machinery (parameter
+        validation, endpoint rules, event hooks: about 60% of its cost) and signs with
+        botocore's own presigning signer: the same URL ``generate_presigned_url("put_object")``
+        gives for the same instant (tests/unit/test_presign.py)."""
         checksum = sha256_b64(sha256_hex)
-        params: dict[str, Any] = {
-            "Bucket": self._settings.s3_bucket,
-            "Key": key,
-            "ContentType": content_type,
-            "ContentLength": size,
-            "ChecksumSHA256": checksum,
-        }
-        url = self.client.generate_presigned_url(
-            "put_object", Params=params, ExpiresIn=expires_in, HttpMethod="PUT"
-        )
         headers = {
             "Content-Type": content_type,
             "Content-Length": str(size),
             "x-amz-checksum-sha256": checksum,
         }
-        return url, headers
+        request = AWSRequest(
+            method="PUT", url=f"{self.bucket_url}/{quote(key, safe='/~')}", headers=headers
+        )
+        S3SigV4QueryAuth(
+            self._credentials, "s3", self._settings.s3_region, expires=expires_in
+        ).add_auth(request)
+        return str(request.url), headers
 
     def part_url(
         self,

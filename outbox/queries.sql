@@ -11,6 +11,18 @@ VALUES (%(owner_id)s, %(default_limit)s)
 ON CONFLICT (owner_id) DO UPDATE SET owner_id = q.owner_id
 RETURNING q.owner_id, q.limit_bytes, q.used_bytes, q.reserved_bytes;
 
+-- name: request_upload
+-- The usual request (content new to its owner) in one statement, without a savepoint: it
+-- never raises for a refusal (`outcome`, s3outbox.request_upload in schema.sql). The
+-- document's columns come out flat, as every other query returns them.
+SELECT r.outcome, r.limit_bytes AS quota_limit_bytes, r.used_bytes AS quota_used_bytes,
+       r.quota_reserved_bytes,
+       (r.document).*
+FROM s3outbox.request_upload(
+    %(owner_id)s, %(default_limit)s, %(id)s, %(object_key)s, %(filename)s, %(content_type)s,
+    %(size)s, %(sha256)s, %(expires_at)s, %(trace_id)s, %(now)s::timestamptz
+) r;
+
 -- name: find_owner_content
 -- The owner's live documents of this content (SHA-256), with their blob's state, locked in id
 -- order (after the owner's quota row: the order of every path), so a confirm or delete of one

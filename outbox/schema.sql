@@ -299,6 +299,90 @@ BEGIN
 END;
 $$;
 
+-- request_upload's usual path (content new to its owner) in ONE statement, so a web request
+-- pays one round trip for it inside its transaction (outbox/api.py). The same lock order as
+-- every path (the owner's quota row first); each statement takes a new snapshot, so the
+-- content lookup after the quota lock sees the owner's requests that committed meanwhile.
+-- Never raises for a refusal: `outcome` is created, quota_exceeded (nothing written) or
+-- same_content (a retry, or content to share or wait on: only the quota row, locked; the
+-- library's general path takes it).
+CREATE OR REPLACE FUNCTION s3outbox.request_upload(
+    p_owner_id text,
+    p_default_limit bigint,
+    p_id uuid,
+    p_object_key text,
+    p_filename text,
+    p_content_type text,
+    p_size bigint,
+    p_sha256 text,
+    p_expires_at timestamptz,
+    p_trace_id text,
+    p_now timestamptz,
+    OUT outcome text,
+    OUT limit_bytes bigint,
+    OUT used_bytes bigint,
+    OUT quota_reserved_bytes bigint,
+    OUT document s3outbox.documents
+)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_now timestamptz := coalesce(p_now, now());
+    v_quota s3outbox.quotas;
+BEGIN
+    -- SELECT first: locking an existing row leaves no dead version behind (an upsert's
+    -- no-op update writes one per request).
+    SELECT * INTO v_quota FROM s3outbox.quotas q WHERE q.owner_id = p_owner_id FOR UPDATE;
+    IF NOT FOUND THEN
+        IF p_size > p_default_limit THEN
+            -- No row, so no document either: refuse without creating anything.
+            outcome := 'quota_exceeded';
+            limit_bytes := p_default_limit;
+            used_bytes := 0;
+            quota_reserved_bytes := 0;
+            RETURN;
+        END IF;
+        INSERT INTO s3outbox.quotas AS q (owner_id, limit_bytes)
+        VALUES (p_owner_id, p_default_limit)
+        ON CONFLICT (owner_id) DO UPDATE SET owner_id = q.owner_id
+        RETURNING q.* INTO v_quota;
+    END IF;
+    limit_bytes := v_quota.limit_bytes;
+    used_bytes := v_quota.used_bytes;
+    quota_reserved_bytes := v_quota.reserved_bytes;
+
+    -- Before the quota check: a retry of a request whose bytes are already reserved must not
+    -- be refused for them.
+    IF EXISTS (
+        SELECT 1 FROM s3outbox.documents d
+        WHERE d.owner_id = p_owner_id AND d.sha256 = p_sha256
+          AND d.status IN ('pending', 'uploaded', 'waiting', 'available')
+    ) THEN
+        outcome := 'same_content';
+        RETURN;
+    END IF;
+
+    IF v_quota.used_bytes + v_quota.reserved_bytes + p_size > v_quota.limit_bytes THEN
+        outcome := 'quota_exceeded';
+        RETURN;
+    END IF;
+
+    UPDATE s3outbox.quotas q
+    SET reserved_bytes = q.reserved_bytes + p_size, updated_at = v_now
+    WHERE q.owner_id = p_owner_id;
+    INSERT INTO s3outbox.blobs (object_key, size, sha256, content_type, status, created_at,
+                                updated_at)
+    VALUES (p_object_key, p_size, p_sha256, p_content_type, 'uploading', v_now, v_now);
+    INSERT INTO s3outbox.documents AS d (
+        id, owner_id, object_key, filename, content_type, declared_size, sha256,
+        reserved_bytes, upload_expires_at, trace_id, created_at, updated_at
+    )
+    VALUES (p_id, p_owner_id, p_object_key, p_filename, p_content_type, p_size, p_sha256,
+            p_size, p_expires_at, p_trace_id, v_now, v_now)
+    RETURNING d.* INTO document;
+    outcome := 'created';
+END;
+$$;
+
 -- The parts of a multipart document, one row per part a URL was issued for; kept while the
 -- document is live (verify, reconcile and the invariant checker compute the expected
 -- composite checksum from them), deleted when it leaves a live state.
@@ -339,5 +423,6 @@ INSERT INTO s3outbox.schema_migrations (version, name, checksum) VALUES
     (4, 'validate_multipart_checks', 'd7521fdef37cda0cbc17920f40c4052bc8de313bff0d88a740d24046fa63d47c'),
     (5, 'flat_costs', 'c965da2d54b32239ee63e434badd0cbdf1b3ad4806abec1866ecb357ce100539'),
     (6, 'blobs', '6c04deb9eef952a622236b8d20548ab719b8ceecc5f4bba2748e297f093e0526'),
-    (7, 'validate_blobs', 'aa13f2f9209bdeb19adc97057d3d766f90037eb9ed3e400bd59db7fdb922695b')
+    (7, 'validate_blobs', 'aa13f2f9209bdeb19adc97057d3d766f90037eb9ed3e400bd59db7fdb922695b'),
+    (8, 'one_statement_requests', '847eae0d1473eeab8a945fb0b6729c2759803f6ea14b6a5d4d90276fd83dd015')
 ON CONFLICT (version) DO NOTHING;

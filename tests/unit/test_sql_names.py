@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from outbox import queries, schema
-from outbox.constants import NOTIFY_CHANNEL, BlobStatus, DocumentStatus, EventStatus, Topic
+from outbox.constants import (
+    NOTIFY_CHANNEL,
+    BlobStatus,
+    DocumentStatus,
+    EventStatus,
+    RequestOutcome,
+    Topic,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "schema.sql"
@@ -30,6 +37,7 @@ NAMES = (
     | {s.value for s in EventStatus}
     | {t.value for t in Topic}
     | {s.value for s in BlobStatus}
+    | {o.value for o in RequestOutcome}
 )
 # PostgreSQL settings a query sets by name (set_config), not names of ours.
 PG_SETTINGS = {"lock_timeout", "statement_timeout"}
