@@ -8,6 +8,7 @@ has (a retry, content to share or to wait on) takes the general path, in a savep
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from datetime import datetime
 from typing import Any
@@ -142,6 +143,7 @@ class UploadRequests:
         signed = self._sign(key, ctype, nbytes, digest, ttl, now)
         # The usual request (content new to its owner): one statement, no savepoint. It
         # never raises for a refusal, so the caller's transaction stays usable without one.
+        started = time.monotonic()
         with one_statement(conn) as cur:
             row = cur.execute(
                 self._q["request_upload"],
@@ -152,6 +154,7 @@ class UploadRequests:
                 },
             ).fetchone()
         assert row is not None  # the function returns exactly one row
+        waited = time.monotonic() - started
         outcome = RequestOutcome(row["outcome"])
         if outcome == RequestOutcome.QUOTA_EXCEEDED:
             raise QuotaExceeded(
@@ -161,14 +164,17 @@ class UploadRequests:
                 requested=nbytes,
             )
         if outcome == RequestOutcome.CREATED:
+            doc = Document.from_row(row)
+            if now is None and waited >= _RESIGN_AFTER_SECONDS:
+                signed, doc = self._resign_after_wait(conn, doc, signed, ttl)
             ticket = UploadTicket(
-                document=Document.from_row(row),
+                document=doc,
                 url=signed.url,
                 headers=signed.headers,
                 expires_at=signed.expires_at,
             )
         else:
-            ticket = self._request_known_content(conn, params, signed, ttl, now)
+            ticket = self._request_known_content(conn, params, ttl, now)
         doc = ticket.document
         with log_context(trace_id=trace, document_id=doc.id):
             if ticket.deduplicated:
@@ -218,17 +224,46 @@ class UploadRequests:
             )
         return UploadTicket(document=doc, url=None, headers={}, expires_at=None, multipart=plan)
 
+    def _resign_after_wait(
+        self, conn: Conn, doc: Document, signed: Signed, ttl: int
+    ) -> tuple[Signed, Document]:
+        """The statement waited (for the owner's quota lock: another request of theirs, or a
+        long transaction holding it): the URL signed before it has lost that time, maybe all
+        of it. Sign it again, within the document's upload window, and store the new expiry
+        (later: never shorten it), so the URL handed out lives its ``ttl`` from now."""
+        assert doc.sha256 is not None
+
+        def sign(seconds: int) -> tuple[str, dict[str, str]]:
+            assert doc.sha256 is not None
+            return self.presigner.put_url(
+                key=doc.object_key,
+                content_type=doc.content_type,
+                size=doc.declared_size,
+                sha256_hex=doc.sha256,
+                expires_in=seconds,
+            )
+
+        fresh = sign_within(sign, ttl, None, window=window_end(self.settings, doc), least=1)
+        if fresh is None or fresh.expires_at <= signed.expires_at:
+            return signed, doc
+        with one_statement(conn) as cur:
+            row = cur.execute(
+                self._q["refresh_pending_upload"],
+                {"id": doc.id, "expires_at": fresh.expires_at, "now": None},
+            ).fetchone()
+        assert row is not None  # inserted and locked by this transaction, still pending
+        return fresh, Document.from_row(row)
+
     def _request_known_content(
         self,
         conn: Conn,
         params: dict[str, Any],
-        signed: Signed,
         ttl: int,
         now: datetime | None,
     ) -> UploadTicket:
         """The owner has live documents of this content: the general path, in a savepoint.
         A retry gets its document back, content is shared or waited on (``_same_content``),
-        or, when none of those applies any more, a new upload with ``signed``.
+        or, when none of those applies any more, a new upload.
 
         Raises:
             InvalidInput: the same SHA-256 already declared with another size.
@@ -246,6 +281,16 @@ class UploadRequests:
             ticket = self._same_content(cur, found, params, quota, ttl, now)
             if ticket is not None:
                 return ticket
+            # Signed after the locks (local HMAC work): the expiry stored is the URL's own,
+            # and the URL has its whole TTL however long the locks took.
+            signed = self._sign(
+                params["object_key"],
+                params["content_type"],
+                params["size"],
+                params["sha256"],
+                ttl,
+                now,
+            )
             created = cur.execute(
                 self._q["reserve_and_insert_document"],
                 {**params, "expires_at": signed.expires_at},
@@ -408,6 +453,10 @@ def _check_same_size(row: dict[str, Any], size: int) -> None:
             document_id=str(row["id"]),
         )
 
+
+#: A statement that took this long waited for a lock: the URL signed ahead of it is signed
+#: again, so it keeps its whole TTL.
+_RESIGN_AFTER_SECONDS = 1.0
 
 #: A document the same request again finds and returns (rather than a new one): one still
 #: uploading its blob, or waiting on one.

@@ -96,6 +96,16 @@ def test_bench_quick_writes_every_figure(tmp_path: Path) -> None:
     assert api["per_call"]["confirm"]["outbox_event_inserts"] == 1
     assert api["per_call"]["request_upload"]["outbox_event_inserts"] == 0
     assert api["per_call"]["request_upload"]["document_inserts"] == 1
+    # One statement each in the caller's transaction (target 6), also a count.
+    assert api["per_call"]["request_upload"]["library_round_trips"] == 1
+    assert api["per_call"]["confirm"]["library_round_trips"] == 1
+    assert api["ms_per_call"]["request_upload_statement_tx"] > 0
+    clients = api["clients"]
+    for name in ("bare_insert_tx_per_s", "request_upload_and_confirm_tx_per_s"):
+        assert _has_summary(clients[name]), name
+    assert clients["calls_over_bare"] > 0
+    for phase in ("bare", "calls"):
+        assert {"client", "postgres", "client_cpu_ms_per_tx"} <= set(clients["cores_busy"][phase])
 
     peers = r["peers"]
     assert {(t["peer"], t["head"]) for t in peers["throughput"]} == {
@@ -131,6 +141,9 @@ def test_bench_quick_writes_every_figure(tmp_path: Path) -> None:
         "cpu_ms_per_doc",
         "p99_steady_ms",
         "outbox_inserts_per_call",
+        "api_round_trips",
+        "api_tx_vs_bare_insert_tx",
+        "api_clients_vs_bare_insert",
         "two_vs_one_process",
         "relay_events_per_s",
         "list_deleted_vs_none",

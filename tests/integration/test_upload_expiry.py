@@ -134,9 +134,10 @@ def test_the_stored_expiry_is_the_signing_instant_plus_ttl(
 def test_a_request_that_waited_for_the_quota_lock_stores_its_urls_real_expiry(
     outbox: Outbox, settings: Settings
 ):
-    """The URL is signed once the owner's quota lock is granted, right before the row is
-    written: however long the request waited, the stored expiry is not earlier than the
-    real one (the sweeper would expire, and purge, an upload whose URL still works)."""
+    """The URL is signed before the one statement, and signed again when that statement
+    waited for the owner's quota lock: the URL handed out lives its whole TTL, and the
+    stored expiry is its real one, never earlier (the sweeper would expire, and purge, an
+    upload whose URL still works)."""
     body = b"waited " * 100
     holder = psycopg.connect(settings.database_url)
     try:
@@ -162,7 +163,7 @@ def test_a_request_that_waited_for_the_quota_lock_stores_its_urls_real_expiry(
                 return ticket
 
         asking = Background(ask)
-        wait_blocked(settings, "%INSERT INTO s3outbox.quotas%")
+        wait_blocked(settings, "%FROM s3outbox.request_upload(%")
         # The request waits for the lock across at least two clock seconds.
         wait_for(
             lambda: db_now(settings) >= held_since + timedelta(seconds=2),
