@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
 
@@ -44,6 +44,12 @@ BACK_PRESSURE_POLL_SECONDS = 0.05
 #: Inside a backlog, a walk of the pending index from its start comes at most once per this
 #: many times its own duration (and at least every relay_poll_seconds).
 FULL_PICK_SPACING = 20
+#: Outside a backlog a pick starts this long before the newest position this relay claimed,
+#: not at the start of the pending index: an event whose transaction began earlier than the
+#: last claimed one's but committed later (a late commit: its position is its transaction's
+#: start) is found at once when its transaction took less than this. Anything older waits
+#: for the next walk from the start (see ``_pick``).
+LOOKBACK = timedelta(seconds=2)
 #: A position before every event of the pending index (available_at, id).
 _START = (datetime(1, 1, 1, tzinfo=UTC), 0)
 
@@ -72,6 +78,8 @@ class Relay:
         # Inside a backlog: where the last batch ended in the pending index, and when a
         # pick last walked the index from its start.
         self._floor: tuple[datetime, int] | None = None
+        # The newest position this relay claimed (None: walk from the start next time).
+        self._newest: tuple[datetime, int] | None = None
         self._last_full_pick = 0.0
         self._full_pick_took = 0.0
 
@@ -99,7 +107,7 @@ class Relay:
         except BaseException:
             # Nothing was claimed: count the room and walk the whole index next time.
             self._room = None
-            self._floor = None
+            self._floor = self._newest = None
             raise
         if messages:
             self._send_committed(messages, ids, message_ids)
@@ -155,46 +163,64 @@ class Relay:
     ) -> list[tuple[Any, ...]]:
         """Lock up to ``limit`` due pending events, oldest first.
 
-        Inside a backlog (the last batch was full) the walk starts after the last batch:
-        the index entries before it belong to events already claimed, dead but not removable
-        while any transaction anywhere holds back the xmin horizon, and walking them made
-        every claim slower than the last. Events that became due with an older position
-        meanwhile (a transaction that committed late, a rescue) are found when the backlog
-        ends (a short batch walks from the start for the rest), and during it by a walk from
-        the start every ``relay_poll_seconds`` or, when longer, every ``FULL_PICK_SPACING``
-        times as long as the last such walk took (a held horizon makes it slow: its cost
-        stays a small share of the relay's time).
+        The index entries of claimed events are dead, and not removable while any
+        transaction anywhere holds back the xmin horizon: a pick that walked them all from
+        the start of the index made every claim slower than the last (each one visits the
+        heap to find them dead). So a pick starts:
+
+        * inside a backlog (the last batch was full), right after the last batch;
+        * outside one, ``LOOKBACK`` before the newest position this relay claimed, where an
+          event that committed late with an older position (its transaction began before
+          the others) still is; the rest of a batch that ends a backlog comes from there too;
+        * at the start of the index every ``relay_poll_seconds`` or, when longer, every
+          ``FULL_PICK_SPACING`` times as long as the last such walk took (a held horizon
+          makes it slow: its cost stays a small share of the relay's time), and whenever
+          this relay has claimed nothing yet or its last claim failed. That walk finds what
+          nothing else does: an event that committed later than ``LOOKBACK`` after its
+          transaction began, events another relay put back after a failed send, an event
+          skipped while another transaction held its lock.
+
+        A caller that drives time with ``now`` (tests, simulations) may give events positions
+        on a clock unrelated to the last claim (a snooze far ahead, then a confirm on the
+        database's clock): outside a backlog its picks start at the start of the index.
         """
-        floor = self._floor
         started = time.monotonic()
         spacing = max(self.settings.relay_poll_seconds, FULL_PICK_SPACING * self._full_pick_took)
-        if floor is not None and started - self._last_full_pick >= spacing:
-            floor = None
+        lookback: tuple[datetime, int] | None = None
+        if self._newest is not None and now is None:
+            lookback = (self._newest[0] - LOOKBACK, 0)
+        backlog = self._floor
+        if started - self._last_full_pick >= spacing:
+            backlog = lookback = None
+        after_at, after_id = backlog or lookback or _START
         params: dict[str, Any] = {"now": now, "limit": limit, "exclude": []}
-        after_at, after_id = floor or _START
         rows = conn.execute(
             self._q["pick_events"], {**params, "after_at": after_at, "after_id": after_id}
         ).fetchall()
         self._floor = None
-        if floor is None:
+        if backlog is None and lookback is None:
             self._full_picked(started)
-        elif len(rows) < limit:
-            # The backlog ends: the rest of the batch from the start of the index.
-            full = time.monotonic()
+        if len(rows) == limit:
+            self._floor = (rows[-1][10], rows[-1][0])
+        elif backlog is not None:
+            # The backlog ends: the rest of the batch from before it.
+            rest_from = lookback or _START
+            rest_started = time.monotonic()
             rows += conn.execute(
                 self._q["pick_events"],
                 {
                     **params,
                     "limit": limit - len(rows),
-                    "after_at": _START[0],
-                    "after_id": _START[1],
+                    "after_at": rest_from[0],
+                    "after_id": rest_from[1],
                     "exclude": [row[0] for row in rows],
                 },
             ).fetchall()
-            self._full_picked(full)
-            return rows
-        if rows and len(rows) == limit:
-            self._floor = (rows[-1][10], rows[-1][0])
+            if lookback is None:
+                self._full_picked(rest_started)
+        if rows:
+            newest = max((row[10], row[0]) for row in rows)
+            self._newest = newest if self._newest is None else max(self._newest, newest)
         return rows
 
     def _full_picked(self, started: float) -> None:
@@ -287,8 +313,9 @@ class Relay:
         try:
             self._send(messages)
         except BaseException:
+            # The events go back to pending at their old positions: walk from the start.
             self._room = None
-            self._floor = None
+            self._floor = self._newest = None
             with contextlib.suppress(psycopg.Error):
                 self._connection().execute(
                     self._q["release_unsent"], {"ids": ids, "message_ids": message_ids}

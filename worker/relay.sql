@@ -12,10 +12,11 @@ FROM (SELECT 1 FROM s3outbox.events WHERE status = 'dispatched'
 -- name: pick_events
 -- Due pending events, oldest first, locked for this transaction. SKIP LOCKED lets several
 -- relays pick side by side. `after_at`/`after_id`: start after this position of the pending
--- index ('-infinity'/0: from its start); inside a backlog the relay starts after its last
--- batch instead of walking the index entries of everything it already claimed (dead, and not
--- removable while any transaction holds back the xmin horizon). `exclude`: ids this
--- transaction already picked (its own locks do not make them skipped).
+-- index (year 1/0: from its start); inside a backlog the relay starts after its last batch,
+-- and outside one shortly before the newest event it claimed, instead of walking the index
+-- entries of everything it already claimed (dead, and not removable while any transaction
+-- holds back the xmin horizon). `exclude`: ids this transaction already picked (its own locks
+-- do not make them skipped).
 -- A verify event also returns its document's declared fields (immutable once created): the
 -- message carries them so the worker can look at the object before reading the database.
 SELECT ev.id, ev.topic, ev.document_id::text AS document_id, ev.attempts + 1 AS attempt,

@@ -4,6 +4,7 @@ the last batch still finds events that became due with an older position."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import psycopg
@@ -12,6 +13,7 @@ import redis
 
 from outbox import Outbox, Settings
 from tests.support.worker import confirm, held_messages, request
+from worker import relay as relay_module
 from worker.relay import Relay
 
 Conn = psycopg.Connection[Any]
@@ -125,4 +127,43 @@ def test_inside_a_backlog_a_pick_starts_after_the_last_batch_and_still_finds_lat
         finally:
             relay.close()
     assert batches == [3, 0]
+    assert {status for status, _, _ in _events(settings).values()} == {"dispatched"}
+
+
+def _backdate_pending(settings: Settings, seconds: float) -> int:
+    """Moves every pending event ``seconds`` back in the pending index: what a transaction
+    that began that long ago and commits now leaves (or another relay's failed send)."""
+    with psycopg.connect(settings.database_url, autocommit=True) as c:
+        return c.execute(
+            "UPDATE s3outbox.events SET available_at = available_at - make_interval(secs => %s)"
+            " WHERE status = 'pending'",
+            (seconds,),
+        ).rowcount
+
+
+def test_outside_a_backlog_a_pick_starts_shortly_before_the_newest_claim(
+    outbox: Outbox, conn: Conn, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outside a backlog a pick starts LOOKBACK before the newest event the relay claimed,
+    not at the start of the pending index (whose entries of claimed events are dead, and
+    under a held xmin horizon each costs a visit to the heap). An event with an older
+    position waits for the next walk from the start, one poll interval later (on the
+    relay's clock, driven here)."""
+    clock = [1000.0]
+    monkeypatch.setattr(relay_module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    relay = Relay(settings.model_copy(update={"relay_poll_seconds": 60.0}))
+    try:
+        _confirmed(outbox, conn, 1)
+        assert relay.run_once() == 1  # the first pick walks from the start
+        _confirmed(outbox, conn, 1, owner="bob")
+        assert _backdate_pending(settings, 3600) == 1
+        _confirmed(outbox, conn, 1, owner="carol")
+        clock[0] += 30
+        # From shortly before the newest claim: carol's event, not bob's an hour back.
+        assert relay.run_once() == 1
+        assert [s for s, _, _ in _events(settings).values()].count("pending") == 1
+        clock[0] += 31  # relay_poll_seconds since the last walk from the start
+        assert relay.run_once() == 1
+    finally:
+        relay.close()
     assert {status for status, _, _ in _events(settings).values()} == {"dispatched"}
