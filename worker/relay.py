@@ -33,6 +33,7 @@ from worker.broker import ACTOR_NAMES, VERIFY_MANY_ACTOR, make_broker
 from worker.maintenance.rescue_stale import rescue_stale
 from worker.pool import connect
 from worker.service import Stop
+from worker.wakeup import wake_channel
 
 log = logging.getLogger("s3outbox.relay")
 
@@ -304,7 +305,8 @@ class Relay:
         return int(broker.client.hlen(f"{broker.namespace}:{self.settings.queue_name}.msgs"))
 
     def _send(self, messages: list[tuple[str, bytes]]) -> None:
-        """Send a batch in one Redis pipeline (one round trip, not one per message).
+        """Send a batch in one Redis pipeline (one round trip, not one per message), with a
+        wake for the idle consumers.
 
         Each message is stored exactly as ``RedisBroker.enqueue`` stores it: the broker's
         ``dispatch`` Lua script with the ``enqueue`` command and the same arguments as
@@ -331,6 +333,9 @@ class Relay:
                     body,
                 ]
                 dispatch(keys=keys, args=args, client=pipe)
+            # Idle consumers wait on this channel (worker.wakeup): they fetch now, not at
+            # their next poll. In the same round trip as the messages.
+            pipe.publish(wake_channel(broker.namespace, queue), b"")
             pipe.execute(raise_on_error=True)
 
     def _rescue_interval(self) -> float:
