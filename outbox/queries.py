@@ -36,3 +36,11 @@ def load(package: str, filename: str = "queries.sql") -> dict[str, str]:
     """The named queries of a package's SQL file, loaded once."""
     text = resources.files(package).joinpath(filename).read_text(encoding="utf-8")
     return parse_queries(text)
+
+
+def one_query(*statements: str) -> str:
+    """Named queries joined into one query string, to be sent as one simple query with
+    client-side binding (``psycopg.ClientCursor``): one round trip, one implicit transaction
+    on an autocommit connection, each statement with its own snapshot. Only literal SQL from
+    our files goes in; parameters are bound by psycopg, never formatted here."""
+    return ";\n".join(s.rstrip().rstrip(";") for s in statements)

@@ -100,8 +100,9 @@ class WorkerSetup(Middleware):
         check_storage()
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        # An idle Redis consumer sleeps up to worker_timeout (1 s by default) between fetches:
-        # that sleep would be the confirm-to-available latency of a quiet system.
+        # An idle Redis consumer waits up to worker_timeout (1 s by default) between fetches.
+        # The relay's wake (worker.wakeup) ends that wait when it sends; this bounds the
+        # latency when a wake is lost.
         worker.worker_timeout = int(settings.worker_idle_poll_seconds * 1000)
         # While its prefetch buffer is full the consumer sleeps (up to worker_timeout) instead
         # of waiting for an ack; with Dramatiq's 2 per thread, threads then sat idle for 31%

@@ -18,6 +18,7 @@ from dramatiq.middleware import (
 
 from outbox.constants import Topic
 from outbox.settings import Settings
+from worker.wakeup import WakingRedisBroker
 
 #: The prefix of every Redis key the broker writes.
 NAMESPACE = "s3outbox"
@@ -33,9 +34,10 @@ VERIFY_MANY_ACTOR = "s3outbox_verify_many"
 
 def make_broker(settings: Settings) -> RedisBroker:
     """A Redis broker without Dramatiq's Retries middleware: retries are the outbox's job
-    (backoff recorded in PostgreSQL survives a Redis that lost its data)."""
+    (backoff recorded in PostgreSQL survives a Redis that lost its data). Its idle
+    consumers wake when the relay sends (``worker.wakeup``)."""
     middleware = [AgeLimit(), TimeLimit(), ShutdownNotifications(), Callbacks(), Pipelines()]
-    return RedisBroker(  # type: ignore[no-untyped-call]
+    return WakingRedisBroker(  # type: ignore[no-untyped-call]
         url=settings.redis_url,
         middleware=middleware,
         namespace=NAMESPACE,

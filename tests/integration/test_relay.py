@@ -11,7 +11,7 @@ import psycopg
 import pytest
 import redis
 
-from outbox import Outbox, Settings
+from outbox import Outbox, Settings, queries
 from tests.support.worker import confirm, held_messages, request
 from worker import relay as relay_module
 from worker.relay import Relay
@@ -166,4 +166,46 @@ def test_outside_a_backlog_a_pick_starts_shortly_before_the_newest_claim(
         assert relay.run_once() == 1
     finally:
         relay.close()
+
+
+class MarkFailingRelay(Relay):
+    """Its claim fails after the pick: in SQL (the mark) or in Python (encoding)."""
+
+    fail_in: str = "sql"
+
+    def _messages(self, rows: list[tuple[Any, ...]]) -> Any:
+        if self.fail_in == "python":
+            raise RuntimeError("encoding failed")
+        if self.fail_in == "sql":
+            self._q = {**self._q, "mark_dispatched": "SELECT 1 / 0"}
+        return super()._messages(rows)
+
+
+@pytest.mark.parametrize("fail_in", ["sql", "python"])
+def test_a_claim_that_fails_rolls_back_and_leaves_the_connection_usable(
+    outbox: Outbox, conn: Conn, settings: Settings, fail_in: str
+) -> None:
+    """The claim's transaction is pipelined with its BEGIN and COMMIT: a failure inside it
+    rolls it back (the events stay pending, their locks released, nothing is sent) and the
+    relay's connection is outside any transaction, so its next claim works."""
+    _confirmed(outbox, conn, 2)
+    failing = MarkFailingRelay(settings)
+    failing.fail_in = fail_in
+    try:
+        with pytest.raises((psycopg.errors.DivisionByZero, RuntimeError)):
+            failing.run_once()
+        claim_conn = failing._connection()
+        assert claim_conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        with psycopg.connect(settings.database_url, autocommit=True) as other:
+            unlocked = other.execute(
+                "SELECT id FROM s3outbox.events WHERE status = 'pending' FOR UPDATE SKIP LOCKED"
+            ).fetchall()
+        assert len(unlocked) == 2
+        assert {status for status, _, _ in _events(settings).values()} == {"pending"}
+        assert held_messages(settings) == {}
+        failing._q = queries.load("worker", "relay.sql")
+        failing.fail_in = ""
+        assert failing.run_once() == 2
+    finally:
+        failing.close()
     assert {status for status, _, _ in _events(settings).values()} == {"dispatched"}

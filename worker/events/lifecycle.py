@@ -16,6 +16,7 @@ from enum import StrEnum
 from functools import cache
 from typing import Any
 
+from psycopg import ClientCursor
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
@@ -95,12 +96,14 @@ def start(
     died is charged a failure first, and comes back ``dead`` when that was its last. A
     missing id: a stale or repeated message, or a finished event.
 
-    Two statements in one transaction, pipelined (one round trip): the events are locked
-    first, and only then does the compare-and-set read them, with a snapshot taken after the
-    lock. A worker can receive a message while the relay's claiming transaction has not
-    committed yet (it sends, then commits); a single UPDATE would judge the row by its
-    statement snapshot (still pending, the previous attempt), skip it without waiting for
-    the lock, and drop the message.
+    Two statements in one transaction and one round trip (a simple query of both, bound on
+    the client, runs as one implicit transaction; psycopg's pipeline with a transaction
+    block took five): the events are locked first, and only then does the compare-and-set
+    read them, with a snapshot taken after the lock. A message can reach a worker while a
+    transaction that changes its event (a claim, a rescue) has not committed yet; a single
+    UPDATE would judge the row by its statement snapshot (still pending, the previous
+    attempt), skip it without waiting for the lock, and drop the message. (Each statement
+    of a simple query takes its own snapshot, as separate ones would.)
     """
     if not attempts:
         return {}
@@ -112,17 +115,18 @@ def start(
         "stale_after": settings.redispatch_after_seconds,
         "now": now,
     }
-    q = sql()
-    with (
-        pool.connection() as conn,
-        conn.pipeline(),
-        conn.transaction(),
-        conn.cursor(row_factory=dict_row) as cur,
-    ):
-        cur.execute(q["lock_events"], {"ids": ids})
-        cur.execute(q["start_attempts"], params)
+    with pool.connection() as conn, ClientCursor(conn, row_factory=dict_row) as cur:
+        cur.execute(_start_sql(), params)
+        cur.nextset()  # past the locks, to the started rows
         rows = cur.fetchall()
     return {row["id"]: row for row in rows}
+
+
+@cache
+def _start_sql() -> str:
+    """``lock_events`` then ``start_attempts``, one query string (see ``start``)."""
+    q = sql()
+    return queries.one_query(q["lock_events"], q["start_attempts"])
 
 
 def lock(cur: Cursor, event: Row, now: datetime | None) -> Locked | None:
