@@ -149,6 +149,7 @@ class _Churn:
         self.metrics_dir = metrics_dir
         self.stop = threading.Event()
         self.inserted = 0
+        self.base = 0
         self.errors: list[BaseException] = []
         self._threads = [
             threading.Thread(target=self._guard, args=(f,), daemon=True)
@@ -178,7 +179,7 @@ class _Churn:
     def _produce(self, conn: psycopg.Connection[Any]) -> None:
         q = sql()
         while not self.stop.is_set():
-            if self.inserted - self.dispatched() < BACKLOG:
+            if self.inserted - (self.dispatched() - self.base) < BACKLOG:
                 self.inserted += conn.execute(
                     q["verify_events_for_documents"], {"repeat": 1}
                 ).rowcount
@@ -196,6 +197,12 @@ class _Churn:
             clear_queue(self.ctx.settings)
 
     def __enter__(self) -> _Churn:
+        # The relay's counter runs across phases (one relay for them all): the backlog is
+        # this phase's inserts less what it dispatched since this phase began. Without the
+        # base, every phase after the first saw a huge dispatched count, inserted without
+        # limit, and measured a backlog of millions (rounds fell from 38,000 to 3,500
+        # claims/s, with or without the held horizon).
+        self.base = self.dispatched()
         for t in self._threads:
             t.start()
         return self
