@@ -22,7 +22,7 @@ from outbox.db import atomic, one_statement
 from outbox.errors import InvalidInput, InvalidState, QuotaExceeded
 from outbox.logs import current_trace_id, log_context, new_trace_id
 from outbox.models import Document, MultipartPlan, UploadTicket
-from outbox.presign import Presigner, Signed, object_key, sign_for, sign_within
+from outbox.presign import Presigner, Signed, Signer, object_key, sign_for, sign_within
 from outbox.settings import Settings
 from outbox.windows import REFRESH_MIN_SECONDS, window_closed, window_end
 
@@ -231,19 +231,9 @@ class UploadRequests:
         long transaction holding it): the URL signed before it has lost that time, maybe all
         of it. Sign it again, within the document's upload window, and store the new expiry
         (later: never shorten it), so the URL handed out lives its ``ttl`` from now."""
-        assert doc.sha256 is not None
-
-        def sign(seconds: int) -> tuple[str, dict[str, str]]:
-            assert doc.sha256 is not None
-            return self.presigner.put_url(
-                key=doc.object_key,
-                content_type=doc.content_type,
-                size=doc.declared_size,
-                sha256_hex=doc.sha256,
-                expires_in=seconds,
-            )
-
-        fresh = sign_within(sign, ttl, None, window=window_end(self.settings, doc), least=1)
+        fresh = sign_within(
+            self._signer_of(doc), ttl, None, window=window_end(self.settings, doc), least=1
+        )
         if fresh is None or fresh.expires_at <= signed.expires_at:
             return signed, doc
         with one_statement(conn) as cur:
@@ -387,6 +377,22 @@ class UploadRequests:
 
         return sign_for(sign, ttl, now)
 
+    def _signer_of(self, doc: Document) -> Signer:
+        """Signs PUT URLs of a pending single-PUT document, for the seconds asked."""
+        sha256 = doc.sha256
+        assert sha256 is not None  # a single PUT declares its SHA-256
+
+        def sign(seconds: int) -> tuple[str, dict[str, str]]:
+            return self.presigner.put_url(
+                key=doc.object_key,
+                content_type=doc.content_type,
+                size=doc.declared_size,
+                sha256_hex=sha256,
+                expires_in=seconds,
+            )
+
+        return sign
+
     def _sign_refresh(self, doc: Document, ttl: int, now: datetime | None) -> Signed:
         """A fresh URL for a pending document, expiring no later than its upload window (its
         creation + the longest TTL): signed for what remains, at most ``ttl``
@@ -395,20 +401,10 @@ class UploadRequests:
         Raises:
             UploadWindowClosed: less than ``min(ttl, REFRESH_MIN_SECONDS)`` remains.
         """
-        assert doc.sha256 is not None  # found by its SHA-256
-
-        def sign(seconds: int) -> tuple[str, dict[str, str]]:
-            assert doc.sha256 is not None
-            return self.presigner.put_url(
-                key=doc.object_key,
-                content_type=doc.content_type,
-                size=doc.declared_size,
-                sha256_hex=doc.sha256,
-                expires_in=seconds,
-            )
-
         least = min(ttl, REFRESH_MIN_SECONDS)
-        signed = sign_within(sign, ttl, now, window=window_end(self.settings, doc), least=least)
+        signed = sign_within(
+            self._signer_of(doc), ttl, now, window=window_end(self.settings, doc), least=least
+        )
         if signed is not None:
             return signed
         # The sweeper expires it (or finds its object: a lost confirm) after its expiry + grace.
