@@ -43,8 +43,12 @@ CREATE TABLE IF NOT EXISTS s3outbox.blobs (
 -- De-duplication: a verified blob with this content (an owner's own, or across owners).
 CREATE INDEX IF NOT EXISTS blobs_verified_content
     ON s3outbox.blobs (sha256, size) WHERE status = 'verified';
--- Blobs by state: the metrics count each state through it, up to a cap (worker/ops/counts.py).
-CREATE INDEX IF NOT EXISTS blobs_status ON s3outbox.blobs (status);
+-- Blobs by state but the common `verified` (counted through blobs_verified_content): the
+-- metrics count each state through it, up to a cap (worker/ops/counts.py). Not every state:
+-- that index let the de-duplication check walk all verified blobs when the statistics said
+-- there were few (migration 0009).
+CREATE INDEX IF NOT EXISTS blobs_unverified_status
+    ON s3outbox.blobs (status) WHERE status <> 'verified';
 
 CREATE TABLE IF NOT EXISTS s3outbox.documents (
     id                  uuid        PRIMARY KEY,
@@ -197,14 +201,16 @@ CREATE UNIQUE INDEX IF NOT EXISTS events_unfinished_object_key
 
 -- The usual end of a verify (the object matched what the document declares) in ONE statement,
 -- so a worker pays one round trip for it (worker/events/verify.py, accept_verified).
--- Locks the event, the owner's quota row, the document and the same owner's documents
--- waiting on its blob (in id order), then the blob: the order of every path (no deadlock
--- with web requests or other workers). Then compare-and-set: the declared fields are compared
--- again (they may come from the message), the document must still be `uploaded`, its blob
--- `uploading`, its verify event unfinished and the quota able to take it -> quota charged for
--- the document and each waiting one (reservation -> used, invariant 4), all of them
--- available, the blob verified, event done. Returns the event id, or NULL when nothing
--- changed (the worker then takes its general path, which says why).
+-- Locks the event, the owner's quota row, the document and the documents waiting on its blob
+-- (in id order), then the blob: the order of every path (no deadlock with web requests or
+-- other workers). Then compare-and-set: the declared fields are compared again (they may come
+-- from the message), the document must still be `uploaded`, its blob `uploading`, its verify
+-- event unfinished and the quota able to take it -> quota charged for the document and each
+-- of the same owner's documents waiting on the blob (reservation -> used, invariant 4), all
+-- of them available, the blob verified, a `dedup` event when another verified blob holds the
+-- same content, event done. Returns the event id, or NULL when nothing changed (the worker
+-- then takes its general path, which says why). Every row is found through a key, and
+-- sequential scans are off: its cost does not depend on the statistics (migration 0009).
 CREATE OR REPLACE FUNCTION s3outbox.accept_verified(
     p_event_id bigint,
     p_document_id uuid,
@@ -216,86 +222,106 @@ CREATE OR REPLACE FUNCTION s3outbox.accept_verified(
     p_now timestamptz,
     p_dedup boolean
 ) RETURNS bigint
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- Every statement below finds its rows through a key; a plan cached while a table was
+-- nearly empty must not turn into a scan of the whole table once it has grown.
+SET enable_seqscan = off
+AS $$
 DECLARE
     v_now timestamptz := coalesce(p_now, now());
-    v_done bigint;
+    v_event record;
+    v_doc record;
+    v_found boolean := false;
+    v_any_waiting boolean := false;
+    v_row record;
+    v_blob_status text;
+    v_waiting bigint := 0;
+    v_waiting_reserved bigint := 0;
 BEGIN
-    PERFORM 1 FROM s3outbox.events WHERE id = p_event_id FOR UPDATE;
+    SELECT e.document_id, e.topic, e.status INTO v_event
+    FROM s3outbox.events e WHERE e.id = p_event_id
+    FOR UPDATE;
+    IF NOT FOUND OR v_event.document_id IS DISTINCT FROM p_document_id
+       OR v_event.topic <> 'verify' OR v_event.status NOT IN ('pending', 'dispatched') THEN
+        RETURN NULL;
+    END IF;
     -- A document's owner never changes: finding the quota row unlocked is safe.
     PERFORM 1 FROM s3outbox.quotas
-    WHERE owner_id = (SELECT owner_id FROM s3outbox.documents WHERE id = p_document_id)
+    WHERE owner_id = (SELECT d.owner_id FROM s3outbox.documents d WHERE d.id = p_document_id)
     FOR UPDATE;
-    PERFORM 1 FROM s3outbox.documents
-    WHERE id = p_document_id OR (object_key = p_object_key AND status = 'waiting')
-    ORDER BY id
-    FOR UPDATE;
-    PERFORM 1 FROM s3outbox.blobs WHERE object_key = p_object_key FOR UPDATE;
-
-    WITH doc AS (
-        SELECT d.id, d.owner_id, d.reserved_bytes, d.trace_id
+    -- The document and the documents waiting on its blob, in id order. Through the blob's
+    -- key, so a state's stale statistics can't send this through the status index.
+    FOR v_row IN
+        SELECT d.id, d.owner_id, d.status, d.object_key, d.declared_size, d.sha256,
+               d.content_type, d.reserved_bytes, d.trace_id
         FROM s3outbox.documents d
-        JOIN s3outbox.blobs b ON b.object_key = d.object_key AND b.status = 'uploading'
-        WHERE d.id = p_document_id
-          AND d.status = 'uploaded'
-          AND d.object_key = p_object_key
-          AND d.declared_size = p_declared_size
-          AND d.sha256 = p_sha256
-          AND d.content_type = p_content_type
-          AND EXISTS (SELECT 1 FROM s3outbox.events e
-                      WHERE e.id = p_event_id AND e.document_id = d.id AND e.topic = 'verify'
-                        AND e.status IN ('pending', 'dispatched'))
-    ), waiting AS (
-        SELECT count(*) AS n, coalesce(sum(w.reserved_bytes), 0) AS reserved
+        WHERE d.object_key = p_object_key AND (d.id = p_document_id OR d.status = 'waiting')
+        ORDER BY d.id
+        FOR UPDATE
+    LOOP
+        IF v_row.id = p_document_id THEN
+            v_doc := v_row;
+            v_found := true;
+        ELSE
+            v_any_waiting := true;
+        END IF;
+    END LOOP;
+    IF NOT v_found OR v_doc.status <> 'uploaded' OR v_doc.declared_size <> p_declared_size
+       OR v_doc.sha256 <> p_sha256 OR v_doc.content_type <> p_content_type THEN
+        RETURN NULL;
+    END IF;
+    SELECT b.status INTO v_blob_status
+    FROM s3outbox.blobs b WHERE b.object_key = p_object_key
+    FOR UPDATE;
+    IF v_blob_status IS DISTINCT FROM 'uploading' THEN
+        RETURN NULL;
+    END IF;
+    -- The same owner's documents waiting on this blob with its size (locked above).
+    IF v_any_waiting THEN
+        SELECT count(*), coalesce(sum(w.reserved_bytes), 0) INTO v_waiting, v_waiting_reserved
         FROM s3outbox.documents w
-        JOIN doc ON w.owner_id = doc.owner_id
-        WHERE w.object_key = p_object_key AND w.status = 'waiting'
-          AND w.declared_size = p_size
-    ), charged AS (
-        UPDATE s3outbox.quotas q
-        SET used_bytes = q.used_bytes + p_size * (1 + waiting.n),
-            reserved_bytes = q.reserved_bytes - doc.reserved_bytes - waiting.reserved,
-            updated_at = v_now
-        FROM doc, waiting
-        WHERE q.owner_id = doc.owner_id
-          AND q.reserved_bytes >= doc.reserved_bytes + waiting.reserved
-          AND q.used_bytes + p_size * (1 + waiting.n) + q.reserved_bytes - doc.reserved_bytes
-              - waiting.reserved <= q.limit_bytes
-        RETURNING doc.id, doc.owner_id, doc.trace_id
-    ), available AS (
+        WHERE w.object_key = p_object_key AND w.owner_id = v_doc.owner_id
+          AND w.status = 'waiting' AND w.declared_size = p_size;
+    END IF;
+
+    UPDATE s3outbox.quotas q
+    SET used_bytes = q.used_bytes + p_size * (1 + v_waiting),
+        reserved_bytes = q.reserved_bytes - v_doc.reserved_bytes - v_waiting_reserved,
+        updated_at = v_now
+    WHERE q.owner_id = v_doc.owner_id
+      AND q.reserved_bytes >= v_doc.reserved_bytes + v_waiting_reserved
+      AND q.used_bytes + p_size * (1 + v_waiting) + q.reserved_bytes - v_doc.reserved_bytes
+          - v_waiting_reserved <= q.limit_bytes;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+
+    UPDATE s3outbox.documents d
+    SET status = 'available', verified_size = p_size, charged_bytes = p_size,
+        reserved_bytes = 0, reason = NULL, verified_at = v_now, updated_at = v_now
+    WHERE d.id = p_document_id;
+    IF v_waiting > 0 THEN
         UPDATE s3outbox.documents d
-        SET status = 'available',
-            verified_size = p_size,
-            charged_bytes = p_size,
-            reserved_bytes = 0,
-            reason = NULL,
-            verified_at = v_now,
-            updated_at = v_now
-        FROM charged
-        WHERE d.id = charged.id
-           OR (d.owner_id = charged.owner_id AND d.object_key = p_object_key
-               AND d.status = 'waiting' AND d.declared_size = p_size)
-    ), verified AS (
-        UPDATE s3outbox.blobs b
-        SET status = 'verified', verified_at = v_now, updated_at = v_now
-        FROM charged
-        WHERE b.object_key = p_object_key
-    ), dedup AS (
+        SET status = 'available', verified_size = p_size, charged_bytes = p_size,
+            reserved_bytes = 0, reason = NULL, verified_at = v_now, updated_at = v_now
+        WHERE d.object_key = p_object_key AND d.owner_id = v_doc.owner_id
+          AND d.status = 'waiting' AND d.declared_size = p_size;
+    END IF;
+    UPDATE s3outbox.blobs b
+    SET status = 'verified', verified_at = v_now, updated_at = v_now
+    WHERE b.object_key = p_object_key;
+    IF p_dedup AND EXISTS (
+        SELECT 1 FROM s3outbox.blobs o
+        WHERE o.sha256 = p_sha256 AND o.size = p_size AND o.status = 'verified'
+          AND o.object_key <> p_object_key) THEN
         INSERT INTO s3outbox.events
             (topic, document_id, trace_id, available_at, created_at, updated_at)
-        SELECT 'dedup', charged.id, charged.trace_id, v_now, v_now, v_now
-        FROM charged
-        WHERE p_dedup AND EXISTS (
-            SELECT 1 FROM s3outbox.blobs o
-            WHERE o.sha256 = p_sha256 AND o.size = p_size AND o.status = 'verified'
-              AND o.object_key <> p_object_key)
-    )
+        VALUES ('dedup', p_document_id, v_doc.trace_id, v_now, v_now, v_now);
+    END IF;
     UPDATE s3outbox.events e
     SET status = 'done', running = false, finished_at = v_now, updated_at = v_now
-    FROM charged
-    WHERE e.id = p_event_id
-    RETURNING e.id INTO v_done;
-    RETURN v_done;
+    WHERE e.id = p_event_id;
+    RETURN p_event_id;
 END;
 $$;
 
@@ -424,5 +450,6 @@ INSERT INTO s3outbox.schema_migrations (version, name, checksum) VALUES
     (5, 'flat_costs', 'c965da2d54b32239ee63e434badd0cbdf1b3ad4806abec1866ecb357ce100539'),
     (6, 'blobs', '6c04deb9eef952a622236b8d20548ab719b8ceecc5f4bba2748e297f093e0526'),
     (7, 'validate_blobs', 'aa13f2f9209bdeb19adc97057d3d766f90037eb9ed3e400bd59db7fdb922695b'),
-    (8, 'one_statement_requests', '847eae0d1473eeab8a945fb0b6729c2759803f6ea14b6a5d4d90276fd83dd015')
+    (8, 'one_statement_requests', '847eae0d1473eeab8a945fb0b6729c2759803f6ea14b6a5d4d90276fd83dd015'),
+    (9, 'statistics_proof_verify', '433d2157d3a35901ee0a127675789fb6fb1db10a60b3e31b4ee8ee1748ed3240')
 ON CONFLICT (version) DO NOTHING;

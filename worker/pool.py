@@ -47,13 +47,23 @@ def timeouts_options(settings: Settings) -> str:
     return " ".join(parts)
 
 
-def connect(settings: Settings) -> psycopg.Connection[Any]:
-    """An autocommit connection with the session bounds (relay, sweeper)."""
+#: A session whose every statement walks an index (the relay's): its statements are
+#: prepared, and a plan cached while the events table was empty (a new install, a pruned
+#: outbox) was a sequential scan, kept until autovacuum analysed the table, so a burst after
+#: a quiet spell paid a walk of the whole table per claim. A statement with no index to walk
+#: still runs (a disabled scan is only the planner's last resort).
+INDEX_WALKS = "-c enable_seqscan=off"
+
+
+def connect(settings: Settings, *, index_walks: bool = False) -> psycopg.Connection[Any]:
+    """An autocommit connection with the session bounds (relay, sweeper); with
+    ``index_walks``, sequential scans off (see :data:`INDEX_WALKS`)."""
+    options = timeouts_options(settings)
     return psycopg.connect(
         settings.database_url,
         autocommit=True,
         connect_timeout=10,
-        options=timeouts_options(settings),
+        options=f"{options} {INDEX_WALKS}".strip() if index_walks else options,
     )
 
 

@@ -397,7 +397,7 @@ class Relay:
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
-            self._conn = connect(self.settings)
+            self._conn = connect(self.settings, index_walks=True)
         return self._conn
 
     def _listener(self) -> psycopg.Connection[Any]:

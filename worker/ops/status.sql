@@ -155,12 +155,20 @@ FROM s3outbox.maintenance_cursors
 WHERE name = %(name)s;
 
 -- name: blob_counts_capped
--- Blobs of each state, counted exactly up to `cap` + 1 (a bounded walk of the status index
--- per state): the metrics' count.
+-- Blobs of each state, counted exactly up to `cap` + 1 (a bounded walk of an index per
+-- state): the metrics' count. `verified` walks blobs_verified_content, the other states
+-- blobs_unverified_status (whose predicate the `<> 'verified'` below proves).
+SELECT 'verified' AS status,
+       (SELECT count(*) FROM (SELECT 1 FROM s3outbox.blobs b
+                              WHERE b.status = 'verified' LIMIT %(cap)s + 1) AS x)::bigint AS n
+WHERE 'verified' = ANY(%(statuses)s::text[])
+UNION ALL
 SELECT s.status,
        (SELECT count(*) FROM (SELECT 1 FROM s3outbox.blobs b
-                              WHERE b.status = s.status LIMIT %(cap)s + 1) AS x)::bigint AS n
-FROM unnest(%(statuses)s::text[]) AS s(status);
+                              WHERE b.status = s.status AND b.status <> 'verified'
+                              LIMIT %(cap)s + 1) AS x)::bigint AS n
+FROM unnest(%(statuses)s::text[]) AS s(status)
+WHERE s.status <> 'verified';
 
 -- name: blob_estimates
 -- The planner's estimate of blobs by state, as document_estimates. `column`: the status column.
