@@ -1,0 +1,148 @@
+"""A verify's cost does not depend on the planner's statistics (issue 13, migration 0009).
+
+After a quiet spell the statistics say the tables are small and `verified` is rare; a burst
+then grows them before autovacuum analyses them again. A session that cached its plans
+while the tables were small must still find every row through a key: the accept of one
+document reads a handful of rows, whatever the tables hold. The counters of
+``pg_stat_user_tables`` say what a call read (a plan is not visible inside a function)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from outbox import Settings
+from worker.pool import connect
+
+Conn = psycopg.Connection[Any]
+TABLES = ("events", "documents", "blobs")
+OWNER = "stale-stats"
+
+#: Uploaded documents, each with its blob (uploading) and its verify event (pending).
+UPLOADED = """
+WITH doc AS (
+    SELECT gen_random_uuid() AS id, %(tag)s || '/' || i AS object_key,
+           encode(sha256((%(tag)s || i)::bytea), 'hex') AS sha256
+    FROM generate_series(1, %(n)s) i
+), blob AS (
+    INSERT INTO s3outbox.blobs (object_key, size, sha256, content_type, status)
+    SELECT object_key, 10, sha256, 'application/pdf', 'uploading' FROM doc
+), document AS (
+    INSERT INTO s3outbox.documents (id, owner_id, object_key, filename, content_type,
+        declared_size, sha256, status, reserved_bytes, upload_expires_at, confirmed_at)
+    SELECT id, %(owner)s, object_key, 'f.pdf', 'application/pdf', 10, sha256, 'uploaded', 10,
+           now(), now()
+    FROM doc
+)
+INSERT INTO s3outbox.events (topic, document_id)
+SELECT 'verify', id FROM doc
+RETURNING id, document_id
+"""
+
+#: What a burst leaves behind: verified blobs, available documents, done events.
+FINISHED = """
+WITH doc AS (
+    SELECT gen_random_uuid() AS id, %(tag)s || '/' || i AS object_key,
+           encode(sha256((%(tag)s || i)::bytea), 'hex') AS sha256
+    FROM generate_series(1, %(n)s) i
+), blob AS (
+    INSERT INTO s3outbox.blobs (object_key, size, sha256, content_type, status)
+    SELECT object_key, 10, sha256, 'application/pdf', 'verified' FROM doc
+), document AS (
+    INSERT INTO s3outbox.documents (id, owner_id, object_key, filename, content_type,
+        declared_size, sha256, status, verified_size, charged_bytes, upload_expires_at)
+    SELECT id, %(owner)s, object_key, 'f.pdf', 'application/pdf', 10, sha256, 'available',
+           10, 10, now()
+    FROM doc
+)
+INSERT INTO s3outbox.events (topic, document_id, status)
+SELECT 'verify', id, 'done' FROM doc
+"""
+
+ACCEPT = """
+SELECT s3outbox.accept_verified(e.id, d.id, d.object_key, d.declared_size, d.sha256,
+                                d.content_type, d.declared_size, NULL, true)
+FROM s3outbox.events e JOIN s3outbox.documents d ON d.id = e.document_id
+WHERE e.id = %s
+"""
+
+
+@pytest.fixture
+def quiet_tables(settings: Settings) -> Iterator[Conn]:
+    """Tables analysed while small, autovacuum kept off them until the test ends (so the
+    statistics stay those of the quiet spell); an autocommit connection."""
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO s3outbox.quotas (owner_id, limit_bytes, reserved_bytes)"
+            " VALUES (%s, 1000000000, 1000000)",
+            (OWNER,),
+        )
+        for table in TABLES:
+            conn.execute(f"ALTER TABLE s3outbox.{table} SET (autovacuum_enabled = false)")
+        try:
+            yield conn
+        finally:
+            for table in TABLES:
+                conn.execute(f"ALTER TABLE s3outbox.{table} RESET (autovacuum_enabled)")
+
+
+def _reads(observer: Conn) -> dict[str, tuple[int, int]]:
+    """(sequential scans, heap rows fetched through an index) of each table so far."""
+    observer.execute("SELECT pg_stat_clear_snapshot()")
+    rows = observer.execute(
+        "SELECT relname, seq_scan, coalesce(idx_tup_fetch, 0) FROM pg_stat_user_tables"
+        " WHERE schemaname = 's3outbox' AND relname = ANY(%s)",
+        (list(TABLES),),
+    ).fetchall()
+    return {name: (int(seq), int(fetched)) for name, seq, fetched in rows}
+
+
+def _flush(worker: Conn) -> None:
+    """The worker session's counters into the shared statistics: a forced flush happens as
+    the session goes idle, before the server answers."""
+    worker.execute("SELECT pg_stat_force_next_flush()")
+
+
+def test_an_accept_after_a_burst_reads_a_few_rows_with_plans_cached_while_quiet(
+    settings: Settings, quiet_tables: Conn
+) -> None:
+    conn = quiet_tables
+    quiet = conn.execute(UPLOADED, {"tag": "quiet", "n": 12, "owner": OWNER}).fetchall()
+    for table in TABLES:
+        conn.execute(f"ANALYZE s3outbox.{table}")
+
+    with connect(settings) as worker:
+        # More than five calls: the session settles on its cached (generic) plans.
+        for event_id, _doc in quiet[:10]:
+            assert worker.execute(ACCEPT, (event_id,)).fetchone() == (event_id,)
+
+        conn.execute(FINISHED, {"tag": "burst", "n": 20000, "owner": OWNER})
+        target = conn.execute(UPLOADED, {"tag": "late", "n": 1, "owner": OWNER}).fetchone()
+        assert target is not None
+
+        _flush(worker)
+        before = _reads(conn)
+        assert worker.execute(ACCEPT, (target[0],)).fetchone() == (target[0],)
+        _flush(worker)
+        after = _reads(conn)
+
+    scans = {t: after[t][0] - before[t][0] for t in TABLES}
+    fetched = {t: after[t][1] - before[t][1] for t in TABLES}
+    # The ACCEPT's own join finds the event and the document once each, through keys too.
+    assert scans == {t: 0 for t in TABLES}, f"sequential scans after the burst: {scans}"
+    assert all(n < 50 for n in fetched.values()), f"rows read through an index: {fetched}"
+    status = conn.execute(
+        "SELECT status FROM s3outbox.documents WHERE id = %s", (target[1],)
+    ).fetchone()
+    assert status == ("available",)
+
+
+def test_the_relay_session_walks_indexes_only(settings: Settings) -> None:
+    with connect(settings, index_walks=True) as relay, connect(settings) as other:
+        assert relay.execute("SHOW enable_seqscan").fetchone() == ("off",)
+        assert other.execute("SHOW enable_seqscan").fetchone() == ("on",)
+        # A statement with no index to walk still runs.
+        assert relay.execute("SELECT count(*) FROM s3outbox.events").fetchone() is not None
