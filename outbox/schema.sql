@@ -350,7 +350,11 @@ CREATE OR REPLACE FUNCTION s3outbox.request_upload(
     OUT quota_reserved_bytes bigint,
     OUT document s3outbox.documents
 )
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- Every statement finds its rows through a key, whatever a cached plan was made on
+-- (migration 0009).
+SET enable_seqscan = off
+AS $$
 DECLARE
     v_now timestamptz := coalesce(p_now, now());
     v_quota s3outbox.quotas;
@@ -451,5 +455,5 @@ INSERT INTO s3outbox.schema_migrations (version, name, checksum) VALUES
     (6, 'blobs', '6c04deb9eef952a622236b8d20548ab719b8ceecc5f4bba2748e297f093e0526'),
     (7, 'validate_blobs', 'aa13f2f9209bdeb19adc97057d3d766f90037eb9ed3e400bd59db7fdb922695b'),
     (8, 'one_statement_requests', '847eae0d1473eeab8a945fb0b6729c2759803f6ea14b6a5d4d90276fd83dd015'),
-    (9, 'statistics_proof_verify', '433d2157d3a35901ee0a127675789fb6fb1db10a60b3e31b4ee8ee1748ed3240')
+    (9, 'statistics_proof_verify', '089fa06741d629e788e657fa78436b577189ba28b9b9b05213a63a0e3e21b34c')
 ON CONFLICT (version) DO NOTHING;

@@ -12,6 +12,9 @@
 -- writes, but every row is found through its key (the event and document by id, the
 -- documents of a blob by its key) and compared in the function, and sequential scans are off
 -- for its statements, so a plan cached on an empty table is still an index walk.
+--
+-- request_upload (the web app's sessions cache its plans too): sequential scans off as well;
+-- every statement in it finds its rows through a key.
 
 -- The usual end of a verify (the object matched what the document declares) in ONE statement,
 -- so a worker pays one round trip for it (worker/events/verify.py, accept_verified).
@@ -142,6 +145,11 @@ $$;
 -- Blobs by state for the metrics' capped counts, without the verified ones: `verified` is
 -- the common state (counted through blobs_verified_content), and an index of every state
 -- let the de-duplication check (sha256, size, verified) walk all verified blobs whenever the
--- statistics said there were few.
+-- statistics said there were few. The build reads the whole table once (inserts into blobs
+-- wait for it: about a second per few million blobs) and keeps only the unverified ones.
 CREATE INDEX blobs_unverified_status ON s3outbox.blobs (status) WHERE status <> 'verified';
 DROP INDEX s3outbox.blobs_status;
+
+ALTER FUNCTION s3outbox.request_upload(
+    text, bigint, uuid, text, text, text, bigint, text, timestamptz, text, timestamptz)
+    SET enable_seqscan = off;
