@@ -455,5 +455,5 @@ INSERT INTO s3outbox.schema_migrations (version, name, checksum) VALUES
     (6, 'blobs', '6c04deb9eef952a622236b8d20548ab719b8ceecc5f4bba2748e297f093e0526'),
     (7, 'validate_blobs', 'aa13f2f9209bdeb19adc97057d3d766f90037eb9ed3e400bd59db7fdb922695b'),
     (8, 'one_statement_requests', '847eae0d1473eeab8a945fb0b6729c2759803f6ea14b6a5d4d90276fd83dd015'),
-    (9, 'statistics_proof_verify', '089fa06741d629e788e657fa78436b577189ba28b9b9b05213a63a0e3e21b34c')
+    (9, 'statistics_proof_verify', 'f2db3df747d8e39e909b25c1a91ef7e00d443b14d8f253fe3af74848e5555551')
 ON CONFLICT (version) DO NOTHING;

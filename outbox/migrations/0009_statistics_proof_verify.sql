@@ -145,8 +145,9 @@ $$;
 -- Blobs by state for the metrics' capped counts, without the verified ones: `verified` is
 -- the common state (counted through blobs_verified_content), and an index of every state
 -- let the de-duplication check (sha256, size, verified) walk all verified blobs whenever the
--- statistics said there were few. The build reads the whole table once (inserts into blobs
--- wait for it: about a second per few million blobs) and keeps only the unverified ones.
+-- statistics said there were few. The build reads the whole table once and keeps only the
+-- unverified blobs; inserts into blobs wait for it (0.24 s for 3,000,000 blobs, 586 MB in
+-- cache; the reads of a table not in memory on top).
 CREATE INDEX blobs_unverified_status ON s3outbox.blobs (status) WHERE status <> 'verified';
 DROP INDEX s3outbox.blobs_status;
 
