@@ -98,6 +98,9 @@ class WorkerSetup(Middleware):
         configure_logging(settings.log_level, settings.log_json)
         check_schema()
         check_storage()
+        # The storage client and the pool's connections now, not in the first message: a
+        # process's first burst would otherwise pay for them (CPU and waits), under load.
+        processor()
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         # An idle Redis consumer waits up to worker_timeout (1 s by default) between fetches.

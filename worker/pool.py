@@ -69,11 +69,16 @@ def connect(settings: Settings, *, index_walks: bool = False) -> psycopg.Connect
 
 def make_pool(settings: Settings, max_size: int | None = None) -> ConnectionPool[Any]:
     """A connection pool whose connections are checked on checkout, so a PostgreSQL restart
-    costs a reconnect, not a failed event. Every session has the statement bounds."""
+    costs a reconnect, not a failed event. Every session has the statement bounds.
+
+    It keeps all its connections (one per worker thread by default), opened in the
+    background from the start: a pool that shrank in a quiet spell grew back one connection
+    at a time in the next burst, while its threads waited."""
+    size = max_size or settings.worker_pool_size
     return ConnectionPool(
         settings.database_url,
-        min_size=1,
-        max_size=max_size or settings.worker_pool_size,
+        min_size=size,
+        max_size=size,
         kwargs={"autocommit": True, "options": timeouts_options(settings)},
         check=check_connection,
         open=True,
