@@ -21,13 +21,18 @@ Conn = psycopg.Connection[Any]
 TABLES = ("events", "documents", "blobs")
 OWNER = "stale-stats"
 
-#: Uploaded documents, each with its blob (uploading) and its verify event (pending).
-UPLOADED = """
+#: `n` documents' ids, keys and contents, `tag` in their keys.
+DOCS = """
 WITH doc AS (
     SELECT gen_random_uuid() AS id, %(tag)s || '/' || i AS object_key,
            encode(sha256((%(tag)s || i)::bytea), 'hex') AS sha256
     FROM generate_series(1, %(n)s) i
-), blob AS (
+)"""
+
+#: Uploaded documents, each with its blob (uploading) and its verify event (pending).
+UPLOADED = (
+    DOCS
+    + """, blob AS (
     INSERT INTO s3outbox.blobs (object_key, size, sha256, content_type, status)
     SELECT object_key, 10, sha256, 'application/pdf', 'uploading' FROM doc
 ), document AS (
@@ -41,14 +46,12 @@ INSERT INTO s3outbox.events (topic, document_id)
 SELECT 'verify', id FROM doc
 RETURNING id, document_id
 """
+)
 
 #: What a burst leaves behind: verified blobs, available documents, done events.
-FINISHED = """
-WITH doc AS (
-    SELECT gen_random_uuid() AS id, %(tag)s || '/' || i AS object_key,
-           encode(sha256((%(tag)s || i)::bytea), 'hex') AS sha256
-    FROM generate_series(1, %(n)s) i
-), blob AS (
+FINISHED = (
+    DOCS
+    + """, blob AS (
     INSERT INTO s3outbox.blobs (object_key, size, sha256, content_type, status)
     SELECT object_key, 10, sha256, 'application/pdf', 'verified' FROM doc
 ), document AS (
@@ -61,6 +64,7 @@ WITH doc AS (
 INSERT INTO s3outbox.events (topic, document_id, status)
 SELECT 'verify', id, 'done' FROM doc
 """
+)
 
 ACCEPT = """
 SELECT s3outbox.accept_verified(e.id, d.id, d.object_key, d.declared_size, d.sha256,
