@@ -148,7 +148,10 @@ CREATE TABLE IF NOT EXISTS s3outbox.events (
     -- A worker began the current attempt and has not recorded its outcome. A new start of an
     -- event still running means the earlier worker died: a failed attempt.
     running         boolean     NOT NULL DEFAULT false,
-    started_at      timestamptz
+    started_at      timestamptz,
+    -- When an attempt first found the verified object (or multipart upload) missing: the
+    -- verify deadline counts from it, so a backlog cannot use up a store's time to show it.
+    missing_since   timestamptz
 );
 
 CREATE INDEX IF NOT EXISTS events_pending_due
@@ -455,5 +458,5 @@ INSERT INTO s3outbox.schema_migrations (version, name, checksum) VALUES
     (6, 'blobs', '6c04deb9eef952a622236b8d20548ab719b8ceecc5f4bba2748e297f093e0526'),
     (7, 'validate_blobs', 'aa13f2f9209bdeb19adc97057d3d766f90037eb9ed3e400bd59db7fdb922695b'),
     (8, 'one_statement_requests', '847eae0d1473eeab8a945fb0b6729c2759803f6ea14b6a5d4d90276fd83dd015'),
-    (9, 'statistics_proof_verify', 'f2db3df747d8e39e909b25c1a91ef7e00d443b14d8f253fe3af74848e5555551')
+    (9, 'statistics_proof_verify', 'a9e3fa1ad8e985672011ee90a7adf7e3cf87ad04f1f8671d2d67547a0c6e0d6e')
 ON CONFLICT (version) DO NOTHING;

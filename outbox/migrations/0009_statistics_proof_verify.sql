@@ -15,6 +15,11 @@
 --
 -- request_upload (the web app's sessions cache its plans too): sequential scans off as well;
 -- every statement in it finds its rows through a key.
+--
+-- events.missing_since: when an attempt first found the verified object (or the multipart
+-- upload) missing. The verify deadline counts from it, not from the confirm: a backlog or an
+-- outage that held the first attempt back past the deadline made one stale 404 of an
+-- eventually consistent store reject a complete upload (seen in a 30-minute soak).
 
 -- The usual end of a verify (the object matched what the document declares) in ONE statement,
 -- so a worker pays one round trip for it (worker/events/verify.py, accept_verified).
@@ -154,3 +159,6 @@ DROP INDEX s3outbox.blobs_status;
 ALTER FUNCTION s3outbox.request_upload(
     text, bigint, uuid, text, text, text, bigint, text, timestamptz, text, timestamptz)
     SET enable_seqscan = off;
+
+-- Catalog only (a nullable column without a default): no table rewrite.
+ALTER TABLE s3outbox.events ADD COLUMN missing_since timestamptz;

@@ -540,6 +540,43 @@ def test_verify_missing_object_snoozes_then_rejects_after_deadline(
     assert not blob_exists(settings, ticket.document.object_key)
 
 
+def test_a_verify_held_back_past_the_deadline_still_gives_the_store_its_time(
+    outbox: Outbox,
+    conn: Conn,
+    settings: Settings,
+    relay: Relay,
+    processor: EventProcessor,
+):
+    """A backlog (or an outage) holds the first attempt back until after the verify
+    deadline, and that attempt gets a stale 404 (the store shows the object late): the
+    document is not rejected for it. The deadline counts from the first attempt that found
+    the object missing; the object shows up within it and the document becomes available.
+    Time is driven with ``now=``."""
+    body = body_of(2345)
+    ticket = request(outbox, conn, "alice", body)
+    confirm(outbox, conn, "alice", ticket.document.id)
+    confirmed_at = doc_row(settings, ticket.document.id)["confirmed_at"]
+    first_look = after(confirmed_at, settings.verify_deadline_seconds + 600)
+
+    assert relay.run_once(now=first_look) == 1
+    event_id, attempt = only_dispatched(settings, "verify")
+    assert processor.process(event_id, attempt, now=first_look) == Outcome.SNOOZED
+    (event,) = events_of(settings, ticket.document.id)
+    assert event["missing_since"] == first_look
+    assert doc_row(settings, ticket.document.id)["status"] == DocumentStatus.UPLOADED
+
+    # Still missing on the next attempt: snoozed again, the first look's time kept.
+    second_look = event["available_at"]
+    assert drain_at(settings, relay, processor, second_look) == [Outcome.SNOOZED]
+    (event,) = events_of(settings, ticket.document.id)
+    assert event["missing_since"] == first_look
+
+    assert put(ticket, body).status_code == 200
+    assert drain_at(settings, relay, processor, event["available_at"]) == [Outcome.DONE]
+    assert doc_row(settings, ticket.document.id)["status"] == DocumentStatus.AVAILABLE
+    assert_quota(settings, "alice", len(body), 0)
+
+
 def test_verify_eventually_consistent_put_after_confirm(
     outbox: Outbox,
     conn: Conn,

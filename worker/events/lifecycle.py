@@ -11,7 +11,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from functools import cache
 from typing import Any
@@ -55,6 +55,16 @@ class Locked:
 
     clock: datetime
     document: Row | None
+    #: When an attempt first found the object (or the upload) missing; None before.
+    missing_since: datetime | None = None
+
+    def verify_deadline(self, settings: Settings, confirmed_at: datetime) -> datetime:
+        """Until when a missing object is retried: ``verify_deadline_seconds`` after the
+        first attempt that found it missing (this one, when none did before), never before
+        the confirm's. From the first look, not from the confirm: a backlog or an outage
+        that held the first attempt back must not use up the store's time to show it."""
+        start = max(confirmed_at, self.missing_since or self.clock)
+        return start + timedelta(seconds=settings.verify_deadline_seconds)
 
 
 def backoff_seconds(settings: Settings, failures: int) -> float:
@@ -139,7 +149,7 @@ def lock(cur: Cursor, event: Row, now: datetime | None) -> Locked | None:
         return None
     cur.execute(q["lock_quota_of_document"], {"id": event["document_id"]})
     doc = cur.execute(q["lock_document"], {"id": event["document_id"]}).fetchone()
-    return Locked(locked["clock"], doc)
+    return Locked(locked["clock"], doc, locked["missing_since"])
 
 
 def complete(cur: Cursor, event: Row, now: datetime | None) -> Outcome:
@@ -152,13 +162,19 @@ def complete(cur: Cursor, event: Row, now: datetime | None) -> Outcome:
 
 
 def snooze(
-    cur: Cursor, event: Row, attempt: int, delay: float, now: datetime | None, why: str
+    cur: Cursor,
+    event: Row,
+    attempt: int,
+    delay: float,
+    now: datetime | None,
+    why: str,
+    *,
+    missing: bool = False,
 ) -> Outcome:
-    """Not a failure (the object is not visible yet): pending again after ``delay``."""
-    row = cur.execute(
-        sql()["snooze_event"],
-        {"id": event["id"], "attempt": attempt, "delay": delay, "now": now, "error": why},
-    ).fetchone()
+    """Not a failure (the object is not visible yet): pending again after ``delay``. With
+    ``missing``, the first such attempt's time is kept (:meth:`Locked.verify_deadline`)."""
+    params = {"id": event["id"], "attempt": attempt, "delay": delay, "now": now, "error": why}
+    row = cur.execute(sql()["snooze_event"], {**params, "missing": missing}).fetchone()
     if row is None:
         return Outcome.STALE
     metrics.EVENTS_SNOOZED.labels(event["topic"]).inc()
@@ -182,7 +198,14 @@ def postpone(
     with transaction(pool) as cur:
         row = cur.execute(
             sql()["snooze_event"],
-            {"id": event["id"], "attempt": attempt, "delay": delay, "now": now, "error": error},
+            {
+                "id": event["id"],
+                "attempt": attempt,
+                "delay": delay,
+                "now": now,
+                "error": error,
+                "missing": False,
+            },
         ).fetchone()
     if row is None:
         return Outcome.STALE

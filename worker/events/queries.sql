@@ -56,10 +56,15 @@ RETURNING id;
 -- name: snooze_event
 -- Not a failure: the object is not visible yet (eventually consistent store), or storage or
 -- the database is unavailable (an outage of any length never kills an event). Try later.
+-- `missing`: the object was not there; the first such attempt's time is kept (the verify
+-- deadline counts from it).
 UPDATE s3outbox.events
 SET status = 'pending',
     running = false,
     available_at = coalesce(%(now)s::timestamptz, now()) + make_interval(secs => %(delay)s),
+    missing_since = CASE WHEN %(missing)s
+                         THEN coalesce(missing_since, coalesce(%(now)s::timestamptz, now()))
+                         ELSE missing_since END,
     last_error = %(error)s,
     updated_at = coalesce(%(now)s::timestamptz, now())
 WHERE id = %(id)s AND status = 'dispatched' AND attempts = %(attempt)s

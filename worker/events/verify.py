@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from outbox.constants import DocumentStatus, Topic
@@ -31,8 +31,8 @@ def handle(
     ctx: Context, event: Row, doc: Row | None, attempt: int, now: datetime | None
 ) -> Outcome:
     """The general path. A missing object is snoozed with backoff until
-    ``verify_deadline_seconds`` after the confirm, then rejected. A multipart document is
-    verified by ``verify_multipart``."""
+    ``verify_deadline_seconds`` after the first attempt that found it missing, then
+    rejected. A multipart document is verified by ``verify_multipart``."""
     if doc is not None and doc["part_size"] is not None:
         return verify_multipart.handle(ctx, event, doc, attempt, now)
     observation = None
@@ -51,12 +51,12 @@ def handle(
             # Deleted, already verified, or never confirmed: nothing left to do.
             return lifecycle.complete(cur, event, now)
         if observation.missing:
-            deadline = doc["confirmed_at"] + timedelta(seconds=ctx.settings.verify_deadline_seconds)
+            deadline = locked.verify_deadline(ctx.settings, doc["confirmed_at"])
             remaining = (deadline - locked.clock).total_seconds()
             if remaining > 0:
                 delay = min(lifecycle.backoff_seconds(ctx.settings, attempt - 1), remaining)
                 why = "object not visible in storage yet"
-                return lifecycle.snooze(cur, event, attempt, delay, now, why)
+                return lifecycle.snooze(cur, event, attempt, delay, now, why, missing=True)
             documents.refuse(
                 cur,
                 doc,

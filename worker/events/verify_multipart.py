@@ -15,15 +15,15 @@ completed object, before the document is made ``available`` (quota charged) or `
 Idempotent across crashes: an upload already completed (ListParts or Complete answer
 NoSuchUpload, or If-None-Match finds the object) goes straight to the HEAD, which decides.
 Missing or wrong parts, or an object not visible yet, are snoozed with backoff until
-``verify_deadline_seconds`` after the confirm, then rejected. No fast path: the relay sends
-no hint for a multipart document.
+``verify_deadline_seconds`` after the first attempt that found them so, then rejected. No
+fast path: the relay sends no hint for a multipart document.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from outbox.constants import DocumentStatus
 from outbox.presign import sha256_b64
@@ -77,12 +77,12 @@ def handle(
             info = inspection.observation.info if inspection.observation else None
             documents.refuse(cur, doc, DocumentStatus.REJECTED, inspection.problem, info, now)
         else:
-            deadline = doc["confirmed_at"] + timedelta(seconds=ctx.settings.verify_deadline_seconds)
+            deadline = locked.verify_deadline(ctx.settings, doc["confirmed_at"])
             remaining = (deadline - locked.clock).total_seconds()
             why = inspection.problem or "the completed object is not visible in storage yet"
             if remaining > 0:
                 delay = min(lifecycle.backoff_seconds(ctx.settings, attempt - 1), remaining)
-                return lifecycle.snooze(cur, event, attempt, delay, now, why)
+                return lifecycle.snooze(cur, event, attempt, delay, now, why, missing=True)
             reason = inspection.problem or (
                 "the multipart upload was not found in storage before the verification deadline"
             )
