@@ -20,7 +20,8 @@ from outbox import (
     ValidationFailed,
 )
 from tests.support.api import body_of, request, snapshot
-from tests.support.core import InlineWorker, dispatched_events, put
+from tests.support.core import InlineWorker, put
+from tests.support.worker import drain_past_verify_deadline
 
 
 def _available(outbox, conn, inline_worker: InlineWorker, body: bytes, **kwargs):
@@ -130,10 +131,8 @@ def test_download_url_only_for_available(outbox, conn, settings, inline_worker, 
     ghost = request(outbox, conn, body_of(10))
     outbox.confirm(conn, owner_id="alice", document_id=ghost.document.id)
     conn.commit()
-    inline_worker.relay.run_once()
     later = datetime.now(UTC) + timedelta(hours=1)
-    for event_id, attempt in dispatched_events(settings, "verify"):
-        inline_worker.processor.process(event_id, attempt, now=later)
+    drain_past_verify_deadline(settings, inline_worker.relay, inline_worker.processor, later)
     # deleting, then deleted
     doc = alices_docs["available"]
     outbox.delete(conn, owner_id="alice", document_id=doc.id)

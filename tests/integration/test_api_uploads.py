@@ -22,8 +22,9 @@ from outbox import (
     Settings,
 )
 from tests.support.api import body_of, counts, quota_row, request, sha, snapshot, sql
-from tests.support.core import InlineWorker, dispatched_events, put
+from tests.support.core import InlineWorker, put
 from tests.support.util import wait_for
+from tests.support.worker import drain_past_verify_deadline
 from worker.sweeper import Sweeper
 
 # -- helpers -------------------------------------------------------------------------------
@@ -34,10 +35,10 @@ def _reject_unuploaded(outbox: Outbox, conn, inline_worker: InlineWorker, owner:
     ticket = request(outbox, conn, body_of(100), owner=owner)
     outbox.confirm(conn, owner_id=owner, document_id=ticket.document.id)
     conn.commit()
-    inline_worker.relay.run_once()
     later = datetime.now(UTC) + timedelta(hours=1)
-    for event_id, attempt in dispatched_events(inline_worker.settings, "verify"):
-        inline_worker.processor.process(event_id, attempt, now=later)
+    drain_past_verify_deadline(
+        inline_worker.settings, inline_worker.relay, inline_worker.processor, later
+    )
     doc = outbox.get(conn, owner_id=owner, document_id=ticket.document.id)
     conn.commit()
     assert doc.status == DocumentStatus.REJECTED, doc

@@ -33,6 +33,7 @@ from tests.support.worker import (
     db_now,
     doc_row,
     drain_at,
+    drain_past_verify_deadline,
     events_of,
     quota_row,
     request,
@@ -172,7 +173,7 @@ def test_an_extra_unsigned_header_on_the_put_never_reaches_a_download(
     if behaviour == "refused":
         # Nothing was stored: after the verify deadline the upload is rejected as missing.
         later = after(doc_row(settings, ticket.document.id)["confirmed_at"], 3600)
-        drain_at(settings, inline_worker.relay, inline_worker.processor, later)
+        drain_past_verify_deadline(settings, inline_worker.relay, inline_worker.processor, later)
         doc = doc_row(settings, ticket.document.id)
         assert doc["status"] == DocumentStatus.REJECTED
         assert doc["reason"].startswith("object not found"), doc["reason"]

@@ -172,6 +172,17 @@ def drain_at(
     raise AssertionError(f"outbox not drained at {now} after {rounds} rounds: {outcomes}")
 
 
+def drain_past_verify_deadline(
+    settings: Settings, relay: Relay, processor: EventProcessor, now: datetime
+) -> list[Outcome]:
+    """Drain at ``now``, then once the verify deadline after it has passed: an object that
+    never came is first found missing (snoozed), then rejected (the deadline counts from
+    the first attempt that found it missing)."""
+    first = drain_at(settings, relay, processor, now)
+    later = now + timedelta(seconds=settings.verify_deadline_seconds + 1)
+    return first + drain_at(settings, relay, processor, later)
+
+
 def lock_waiters(settings: Settings, pattern: str) -> int:
     """Backends waiting on a lock while running a statement that matches ``pattern``."""
     rows = query(
