@@ -1,6 +1,7 @@
 -- Named queries of multipart uploads in the library (outbox/multipart.py). Every one runs in
 -- the caller's transaction. `now` is a parameter everywhere time matters: NULL means the
--- database's now(). Literals are DocumentStatus / Topic values.
+-- database's now(). Literals are DocumentStatus / Topic values. A document the caller names
+-- is found by its id alone, its owner a filter (`IS NOT DISTINCT FROM`: see queries.sql).
 
 -- name: reserve_and_insert_multipart
 -- One statement: the reservation (the whole declared size), the blob (uploading; no whole-file
@@ -46,14 +47,14 @@ SELECT * FROM doc;
 -- The document, locked until the caller's transaction ends: a part URL extends its expiry,
 -- and a confirm that follows sees every part recorded before it.
 SELECT d.* FROM s3outbox.documents d
-WHERE d.id = %(id)s AND d.owner_id = %(owner_id)s
+WHERE d.id = %(id)s AND d.owner_id IS NOT DISTINCT FROM %(owner_id)s
 FOR UPDATE;
 
 -- name: share_owned_document
 -- The document, share-locked: reports of several parts go on side by side, and a confirm
 -- (which updates the row) waits for them, so it sees every report committed before it.
 SELECT d.* FROM s3outbox.documents d
-WHERE d.id = %(id)s AND d.owner_id = %(owner_id)s
+WHERE d.id = %(id)s AND d.owner_id IS NOT DISTINCT FROM %(owner_id)s
 FOR SHARE;
 
 -- name: record_part_url

@@ -1,5 +1,11 @@
 -- Named queries of the library a web app calls. Every one runs in the caller's transaction.
 -- `now` is a parameter everywhere time matters: NULL means the database's now().
+-- A document named by the caller is found by its id alone: its owner is compared with
+-- `IS NOT DISTINCT FROM` (the same as `=` on this NOT NULL column), which no index can
+-- serve. With `=`, statistics that have not seen an owner yet (a new owner, a table not
+-- analysed since a burst) estimate one row through the owner's indexes as through the
+-- primary key, and a plan that took the owner's walked all its live documents per call
+-- (tests/integration/test_stale_statistics.py).
 -- Status and topic literals here are DocumentStatus / EventStatus / Topic values
 -- (tests/test_sql_names.py checks that).
 
@@ -131,7 +137,8 @@ RETURNING d.*;
 SELECT q.owner_id FROM s3outbox.quotas q WHERE q.owner_id = %(owner_id)s FOR UPDATE;
 
 -- name: get_document
-SELECT d.* FROM s3outbox.documents d WHERE d.id = %(id)s AND d.owner_id = %(owner_id)s;
+SELECT d.* FROM s3outbox.documents d
+WHERE d.id = %(id)s AND d.owner_id IS NOT DISTINCT FROM %(owner_id)s;
 
 -- name: confirm_document
 -- pending -> uploaded and its verify event, in one statement. A multipart document only
@@ -142,7 +149,8 @@ WITH confirmed AS (
         confirmed_at = coalesce(%(now)s::timestamptz, now()),
         updated_at = coalesce(%(now)s::timestamptz, now()),
         trace_id = coalesce(%(trace_id)s, d.trace_id)
-    WHERE d.id = %(id)s AND d.owner_id = %(owner_id)s AND d.status = 'pending'
+    WHERE d.id = %(id)s AND d.owner_id IS NOT DISTINCT FROM %(owner_id)s
+      AND d.status = 'pending'
       AND (d.part_count IS NULL
            OR (SELECT count(*) FROM s3outbox.document_parts p
                WHERE p.document_id = d.id AND p.etag IS NOT NULL
@@ -164,7 +172,7 @@ SELECT * FROM confirmed;
 WITH target AS (
     SELECT d.id, d.owner_id, d.reserved_bytes, d.status
     FROM s3outbox.documents d
-    WHERE d.id = %(id)s AND d.owner_id = %(owner_id)s
+    WHERE d.id = %(id)s AND d.owner_id IS NOT DISTINCT FROM %(owner_id)s
       AND d.status IN ('pending', 'uploaded', 'waiting', 'available')
     FOR UPDATE
 ), deleting AS (
@@ -201,7 +209,8 @@ UPDATE s3outbox.documents d
 SET status = 'deleted',
     delete_requested_at = coalesce(%(now)s::timestamptz, now()),
     updated_at = coalesce(%(now)s::timestamptz, now())
-WHERE d.id = %(id)s AND d.owner_id = %(owner_id)s AND d.status IN ('rejected', 'expired')
+WHERE d.id = %(id)s AND d.owner_id IS NOT DISTINCT FROM %(owner_id)s
+  AND d.status IN ('rejected', 'expired')
 RETURNING d.*;
 
 -- name: list_documents

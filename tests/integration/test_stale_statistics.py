@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from outbox import Settings
+from outbox import Outbox, Settings
 from worker.pool import connect
 
 Conn = psycopg.Connection[Any]
@@ -150,3 +150,62 @@ def test_the_relay_session_walks_indexes_only(settings: Settings) -> None:
         assert other.execute("SHOW enable_seqscan").fetchone() == ("on",)
         # A statement with no index to walk still runs.
         assert relay.execute("SELECT count(*) FROM s3outbox.events").fetchone() is not None
+
+
+#: Pending documents of one owner, each with its blob (uploading) and its reservation.
+PENDING = (
+    DOCS
+    + """, blob AS (
+    INSERT INTO s3outbox.blobs (object_key, size, sha256, content_type, status)
+    SELECT object_key, 10, sha256, 'application/pdf', 'uploading' FROM doc
+)
+INSERT INTO s3outbox.documents (id, owner_id, object_key, filename, content_type,
+    declared_size, sha256, reserved_bytes, upload_expires_at)
+SELECT id, %(owner)s, object_key, 'f.pdf', 'application/pdf', 10, sha256, 10,
+       now() + interval '1 hour'
+FROM doc
+RETURNING id
+"""
+)
+
+
+def test_a_confirm_and_a_delete_find_the_document_by_its_key_for_an_owner_unknown_to_the_statistics(
+    settings: Settings, quiet_tables: Conn, outbox: Outbox
+) -> None:
+    """A confirm or a delete names the document and its owner. Statistics that have not
+    seen the owner yet (a new owner, or any owner before the first ANALYZE) estimate one
+    row for either; the owner's index must not be chosen then, or each call walks every
+    live document of that owner."""
+    conn = quiet_tables
+    conn.execute(PENDING, {"tag": "quiet", "n": 12, "owner": OWNER})
+    for table in TABLES:
+        conn.execute(f"ANALYZE s3outbox.{table}")
+    newcomer = "stale-stats-newcomer"
+    conn.execute(
+        "INSERT INTO s3outbox.quotas (owner_id, limit_bytes, reserved_bytes)"
+        " VALUES (%s, 1000000000, 30000)",
+        (newcomer,),
+    )
+    ids = [row[0] for row in conn.execute(PENDING, {"tag": "new", "n": 3000, "owner": newcomer})]
+
+    fetched: dict[str, int] = {}
+    with psycopg.connect(settings.database_url) as app:
+        calls = {
+            "confirm": lambda: outbox.confirm(app, owner_id=newcomer, document_id=ids[0]),
+            "delete": lambda: outbox.delete(app, owner_id=newcomer, document_id=ids[1]),
+        }
+        for name, call in calls.items():
+            _flush(app)
+            app.commit()
+            before = _reads(conn)
+            call()
+            app.commit()
+            _flush(app)
+            app.commit()
+            fetched[name] = _reads(conn)["documents"][1] - before["documents"][1]
+
+    assert all(n < 50 for n in fetched.values()), f"documents read through an index: {fetched}"
+    states = conn.execute(
+        "SELECT status FROM s3outbox.documents WHERE id = ANY(%s) ORDER BY status", (ids[:2],)
+    ).fetchall()
+    assert states == [("deleting",), ("uploaded",)]
