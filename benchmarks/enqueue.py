@@ -1,5 +1,7 @@
-"""How each peer's users hand it a job: the app confirms its rows (sets ``confirmed_at``,
-commits), then enqueues the jobs the way that queue's documentation says."""
+"""How each peer's users hand it a job: per document, what a web request's handler writes
+(confirm the row, enqueue its job the way that queue's documentation says), a chunk of
+documents per transaction as ours confirms them (``CONFIRM_CHUNK`` library calls, one
+commit): the same per-document work on both sides of a comparison."""
 
 from __future__ import annotations
 
@@ -12,12 +14,15 @@ Send = Callable[[list[str]], None]
 
 
 def peer_sender(ctx: BenchContext, peer: str) -> tuple[Send, Callable[[], None]]:
-    """A function that confirms ids (sets confirmed_at, commits) and enqueues their jobs
-    the way the peer's users do, and a close function."""
-    conn = ctx.connect()
+    """A function that confirms ids (one UPDATE each, one commit) and enqueues their jobs
+    the way the peer's users do, one call per document, and a close function."""
+    conn = ctx.connect()  # autocommit, as pgqueuer's driver requires; a block per chunk
+    confirm = sql()["confirm_peer_doc"]
 
     def stamp(ids: list[str]) -> None:
-        conn.execute(sql()["confirm_peer_docs"], {"ids": ids})
+        with conn.transaction():
+            for doc_id in ids:
+                conn.execute(confirm, {"id": doc_id})
 
     if peer == "dramatiq":
         broker = bench_peers.make_peer_broker(ctx.settings.redis_url)
@@ -41,12 +46,11 @@ def peer_sender(ctx: BenchContext, peer: str) -> tuple[Send, Callable[[], None]]
         queries = SyncQueries(SyncPsycopgDriver(conn))
 
         def send_pgq(ids: list[str]) -> None:
-            stamp(ids)
-            queries.enqueue(
-                [bench_peers.PGQ_ENTRYPOINT] * len(ids),
-                [i.encode() for i in ids],
-                [0] * len(ids),
-            )
+            # Its own transaction-bound outbox: the job row commits with the confirm.
+            with conn.transaction():
+                for doc_id in ids:
+                    conn.execute(confirm, {"id": doc_id})
+                    queries.enqueue(bench_peers.PGQ_ENTRYPOINT, doc_id.encode(), 0)
 
         return send_pgq, conn.close
     app = bench_peers.procrastinate_app(ctx.settings, sync=True)
@@ -57,7 +61,8 @@ def peer_sender(ctx: BenchContext, peer: str) -> tuple[Send, Callable[[], None]]
 
     def send_proc(ids: list[str]) -> None:
         stamp(ids)
-        deferrer.batch_defer(*({"doc_id": i} for i in ids))
+        for doc_id in ids:  # its sync app defers through its own connection, after the commit
+            deferrer.defer(doc_id=doc_id)
 
     def close_proc() -> None:
         app.close()

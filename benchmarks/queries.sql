@@ -49,8 +49,9 @@ SELECT count(*) FROM s3outbox.documents;
 INSERT INTO s3bench.docs (id, object_key, declared_size, sha256, content_type)
 VALUES (%(id)s, %(key)s, %(size)s, %(sha256)s, %(content_type)s);
 
--- name: confirm_peer_docs
-UPDATE s3bench.docs SET confirmed_at = clock_timestamp() WHERE id = ANY(%(ids)s);
+-- name: confirm_peer_doc
+-- One document, as a web request's handler confirms it (ours: one library call each).
+UPDATE s3bench.docs SET confirmed_at = clock_timestamp() WHERE id = %(id)s;
 
 -- name: peer_doc
 SELECT object_key, declared_size, sha256, content_type, status
