@@ -214,6 +214,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS events_unfinished_object_key
 -- same content, event done. Returns the event id, or NULL when nothing changed (the worker
 -- then takes its general path, which says why). Every row is found through a key, and
 -- sequential scans are off: its cost does not depend on the statistics (migration 0009).
+-- The waiting documents are those the lock loop found, updated by id: no statement about
+-- them for a plan to send through the status or the owner's indexes (migration 0010).
 CREATE OR REPLACE FUNCTION s3outbox.accept_verified(
     p_event_id bigint,
     p_document_id uuid,
@@ -235,8 +237,9 @@ DECLARE
     v_event record;
     v_doc record;
     v_found boolean := false;
-    v_any_waiting boolean := false;
+    v_owner text;
     v_row record;
+    v_waiting_ids uuid[] := '{}';
     v_blob_status text;
     v_waiting bigint := 0;
     v_waiting_reserved bigint := 0;
@@ -249,8 +252,8 @@ BEGIN
         RETURN NULL;
     END IF;
     -- A document's owner never changes: finding the quota row unlocked is safe.
-    PERFORM 1 FROM s3outbox.quotas
-    WHERE owner_id = (SELECT d.owner_id FROM s3outbox.documents d WHERE d.id = p_document_id)
+    SELECT q.owner_id INTO v_owner FROM s3outbox.quotas q
+    WHERE q.owner_id = (SELECT d.owner_id FROM s3outbox.documents d WHERE d.id = p_document_id)
     FOR UPDATE;
     -- The document and the documents waiting on its blob, in id order. Through the blob's
     -- key, so a state's stale statistics can't send this through the status index.
@@ -265,12 +268,16 @@ BEGIN
         IF v_row.id = p_document_id THEN
             v_doc := v_row;
             v_found := true;
-        ELSE
-            v_any_waiting := true;
+        ELSIF v_row.owner_id = v_owner AND v_row.declared_size = p_size THEN
+            -- The same owner's, waiting with this size: charged and made available below.
+            v_waiting_ids := v_waiting_ids || v_row.id;
+            v_waiting := v_waiting + 1;
+            v_waiting_reserved := v_waiting_reserved + v_row.reserved_bytes;
         END IF;
     END LOOP;
-    IF NOT v_found OR v_doc.status <> 'uploaded' OR v_doc.declared_size <> p_declared_size
-       OR v_doc.sha256 <> p_sha256 OR v_doc.content_type <> p_content_type THEN
+    IF NOT v_found OR v_doc.owner_id IS DISTINCT FROM v_owner OR v_doc.status <> 'uploaded'
+       OR v_doc.declared_size <> p_declared_size OR v_doc.sha256 <> p_sha256
+       OR v_doc.content_type <> p_content_type THEN
         RETURN NULL;
     END IF;
     SELECT b.status INTO v_blob_status
@@ -278,13 +285,6 @@ BEGIN
     FOR UPDATE;
     IF v_blob_status IS DISTINCT FROM 'uploading' THEN
         RETURN NULL;
-    END IF;
-    -- The same owner's documents waiting on this blob with its size (locked above).
-    IF v_any_waiting THEN
-        SELECT count(*), coalesce(sum(w.reserved_bytes), 0) INTO v_waiting, v_waiting_reserved
-        FROM s3outbox.documents w
-        WHERE w.object_key = p_object_key AND w.owner_id = v_doc.owner_id
-          AND w.status = 'waiting' AND w.declared_size = p_size;
     END IF;
 
     UPDATE s3outbox.quotas q
@@ -307,8 +307,7 @@ BEGIN
         UPDATE s3outbox.documents d
         SET status = 'available', verified_size = p_size, charged_bytes = p_size,
             reserved_bytes = 0, reason = NULL, verified_at = v_now, updated_at = v_now
-        WHERE d.object_key = p_object_key AND d.owner_id = v_doc.owner_id
-          AND d.status = 'waiting' AND d.declared_size = p_size;
+        WHERE d.id = ANY(v_waiting_ids);
     END IF;
     UPDATE s3outbox.blobs b
     SET status = 'verified', verified_at = v_now, updated_at = v_now
@@ -458,5 +457,6 @@ INSERT INTO s3outbox.schema_migrations (version, name, checksum) VALUES
     (6, 'blobs', '6c04deb9eef952a622236b8d20548ab719b8ceecc5f4bba2748e297f093e0526'),
     (7, 'validate_blobs', 'aa13f2f9209bdeb19adc97057d3d766f90037eb9ed3e400bd59db7fdb922695b'),
     (8, 'one_statement_requests', '847eae0d1473eeab8a945fb0b6729c2759803f6ea14b6a5d4d90276fd83dd015'),
-    (9, 'statistics_proof_verify', 'a9e3fa1ad8e985672011ee90a7adf7e3cf87ad04f1f8671d2d67547a0c6e0d6e')
+    (9, 'statistics_proof_verify', 'a9e3fa1ad8e985672011ee90a7adf7e3cf87ad04f1f8671d2d67547a0c6e0d6e'),
+    (10, 'waiting_by_blob_key', '8944778961c56eab2ca4195702b63fd8bdc2dbb7a2faed0a87a6b93a669c8815')
 ON CONFLICT (version) DO NOTHING;
