@@ -424,9 +424,7 @@ def lean_head_for(settings: Settings, client: S3Client) -> lean_head_module.Lean
     base = url.split("?", 1)[0]
     if not base.endswith("/" + probe):
         raise ValueError(f"unexpected object URL from boto3: {base!r}")
-    return lean_head_module.LeanHead(
-        settings, base[: -len(probe) - 1], max(10, settings.worker_pool_size + 2)
-    )
+    return lean_head_module.LeanHead(settings, base[: -len(probe) - 1])
 
 
 def _is_missing(exc: ClientError) -> bool:

@@ -15,10 +15,17 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError, EndpointConnectionError
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
 from pydantic import SecretStr
 
 from outbox import Settings
+from tests.support.util import wait_for
+from worker.lean_head import LeanHead
 from worker.storage import BucketMissing, Storage, unavailable
 
 BODY = b"%PDF-1.7\n" + bytes(range(256)) * 4
@@ -194,3 +201,107 @@ def test_retries_are_boto3_standard_mode(
     assert len(seen) == attempts
     expected = "server_error" if status >= 500 else None
     assert unavailable(caught.value) == expected
+
+
+@pytest.fixture
+def raw_server() -> Iterator[Callable[[Callable[[socket.socket], None]], tuple[str, list[int]]]]:
+    """A local TCP server that hands each accepted connection to ``serve``: its URL, and a
+    list that counts the connections it accepted."""
+    sockets: list[socket.socket] = []
+
+    def start(serve: Callable[[socket.socket], None]) -> tuple[str, list[int]]:
+        accepted: list[int] = []
+        listener = socket.create_server(("127.0.0.1", 0))
+        sockets.append(listener)
+
+        def loop() -> None:
+            while True:
+                try:
+                    conn, _ = listener.accept()
+                except OSError:
+                    return
+                accepted.append(1)
+                threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+        threading.Thread(target=loop, daemon=True).start()
+        return f"http://127.0.0.1:{listener.getsockname()[1]}", accepted
+
+    yield start
+    for listener in sockets:
+        listener.close()
+
+
+def _read_request(conn: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_a_connection_closed_without_an_answer_is_a_connection_error_tried_three_times(
+    settings: Settings,
+    raw_server: Callable[[Callable[[socket.socket], None]], tuple[str, list[int]]],
+) -> None:
+    """Never a status: a dropped connection cannot read as a missing object."""
+
+    def hang_up(conn: socket.socket) -> None:
+        _read_request(conn)
+        conn.close()
+
+    url, accepted = raw_server(hang_up)
+    storage = Storage(settings.model_copy(update={"s3_endpoint_url": url}))
+    assert storage.lean
+    with pytest.raises(ConnectionClosedError) as caught:
+        storage.head_object("k")
+    assert unavailable(caught.value) == "connection"
+    assert len(accepted) == 3
+
+
+def test_no_answer_within_the_read_timeout_is_a_read_timeout(
+    settings: Settings,
+    raw_server: Callable[[Callable[[socket.socket], None]], tuple[str, list[int]]],
+) -> None:
+    release = threading.Event()
+
+    def stall(conn: socket.socket) -> None:
+        _read_request(conn)
+        release.wait(30)
+        conn.close()
+
+    url, _ = raw_server(stall)
+    head = LeanHead(settings, f"{url}/bucket", connect_timeout=1.0, read_timeout=0.2)
+    try:
+        with pytest.raises(ReadTimeoutError) as caught:
+            head.head_object("k")
+        assert unavailable(caught.value) == "connection"
+    finally:
+        release.set()
+        head.close()
+
+
+def test_a_kept_connection_the_server_closed_is_replaced_before_the_next_call(
+    settings: Settings,
+    raw_server: Callable[[Callable[[socket.socket], None]], tuple[str, list[int]]],
+) -> None:
+    """The server answers as if keeping the connection, then closes it while idle (a storage
+    server's idle timeout): the next HEAD goes over a new connection, with no error."""
+    answered: list[bytes] = []
+
+    def answer_once(conn: socket.socket) -> None:
+        answered.append(_read_request(conn))
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nContent-Type: text/plain\r\n\r\n")
+        conn.close()
+
+    url, accepted = raw_server(answer_once)
+    head = LeanHead(settings, f"{url}/bucket")
+    try:
+        for _ in range(3):
+            assert head.head_object("k")["ContentLength"] == 7
+            wait_for(lambda: len(answered) == len(accepted), timeout=5)
+        assert len(accepted) == 3
+        assert all(request.startswith(b"HEAD /bucket/k HTTP/1.1\r\n") for request in answered)
+    finally:
+        head.close()
