@@ -158,7 +158,7 @@ def unavailable(exc: BaseException) -> str | None:
 class Storage:
     """Thin wrapper over one boto3 client for the bucket. Thread-safe.
 
-    HeadObject, the call of every verify, goes through ``worker.lean_head`` (a third of
+    HeadObject, the call of every verify, goes through ``worker.lean_head`` (a fifth of
     boto3's CPU per call, same answers), unless ``lean_head`` (default: the setting
     ``s3_lean_head``) is False, boto3 would use an HTTP proxy from the environment, or a
     client was given (a test's own)."""
