@@ -12,7 +12,7 @@ the owner's documents."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -174,6 +174,20 @@ RETURNING id
 )
 
 
+def _owner_the_statistics_have_not_seen(conn: Conn, owner: str, reserved: int) -> str:
+    """Statistics made from another owner's 12 documents, then ``owner``'s quota row (with
+    ``reserved`` bytes reserved, for the documents the test adds): ``owner``."""
+    conn.execute(RESERVED, {"tag": "quiet", "n": 12, "owner": OWNER, "status": "pending"})
+    for table in TABLES:
+        conn.execute(f"ANALYZE s3outbox.{table}")
+    conn.execute(
+        "INSERT INTO s3outbox.quotas (owner_id, limit_bytes, reserved_bytes)"
+        " VALUES (%s, 1000000000, %s)",
+        (owner, reserved),
+    )
+    return owner
+
+
 def test_a_confirm_and_a_delete_find_the_document_by_its_key_for_an_owner_unknown_to_the_statistics(
     settings: Settings, quiet_tables: Conn, outbox: Outbox
 ) -> None:
@@ -182,21 +196,13 @@ def test_a_confirm_and_a_delete_find_the_document_by_its_key_for_an_owner_unknow
     row for either; the owner's index must not be chosen then, or each call walks every
     live document of that owner."""
     conn = quiet_tables
-    conn.execute(RESERVED, {"tag": "quiet", "n": 12, "owner": OWNER, "status": "pending"})
-    for table in TABLES:
-        conn.execute(f"ANALYZE s3outbox.{table}")
-    newcomer = "stale-stats-newcomer"
-    conn.execute(
-        "INSERT INTO s3outbox.quotas (owner_id, limit_bytes, reserved_bytes)"
-        " VALUES (%s, 1000000000, 30000)",
-        (newcomer,),
-    )
+    newcomer = _owner_the_statistics_have_not_seen(conn, "stale-stats-newcomer", 30000)
     new = {"tag": "new", "n": 3000, "owner": newcomer, "status": "pending"}
     ids = [row[0] for row in conn.execute(RESERVED, new)]
 
     fetched: dict[str, int] = {}
     with psycopg.connect(settings.database_url) as app:
-        calls = {
+        calls: dict[str, Callable[[], object]] = {
             "confirm": lambda: outbox.confirm(app, owner_id=newcomer, document_id=ids[0]),
             "delete": lambda: outbox.delete(app, owner_id=newcomer, document_id=ids[1]),
         }
@@ -225,15 +231,7 @@ def test_an_accept_with_waiting_documents_of_an_owner_unknown_to_the_statistics(
     a handful of rows, not every waiting document through the status index, nor the owner's
     documents through its indexes (migration 0010)."""
     conn = quiet_tables
-    conn.execute(RESERVED, {"tag": "quiet", "n": 12, "owner": OWNER, "status": "pending"})
-    for table in TABLES:
-        conn.execute(f"ANALYZE s3outbox.{table}")
-    newcomer = "stale-stats-waiting"
-    conn.execute(
-        "INSERT INTO s3outbox.quotas (owner_id, limit_bytes, reserved_bytes)"
-        " VALUES (%s, 1000000000, 30030)",
-        (newcomer,),
-    )
+    newcomer = _owner_the_statistics_have_not_seen(conn, "stale-stats-waiting", 30030)
     # Many documents waiting on other blobs (`waiting` looks rare to the statistics).
     conn.execute(RESERVED, {"tag": "many", "n": 3000, "owner": newcomer, "status": "waiting"})
     target = conn.execute(UPLOADED, {"tag": "shared", "n": 1, "owner": newcomer}).fetchone()
