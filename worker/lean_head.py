@@ -124,7 +124,9 @@ class LeanHead:
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         self._local = threading.local()
-        self._handles: list[pycurl.Curl] = []
+        # Every handle with the thread it belongs to: a thread that ended leaves its handle
+        # (and connection) behind, closed when the next thread makes one (a pool per call).
+        self._handles: list[tuple[threading.Thread, pycurl.Curl]] = []
         self._handles_lock = threading.Lock()
 
     def head_object(self, key: str) -> dict[str, Any]:
@@ -201,7 +203,11 @@ class LeanHead:
             if self._ca_certs is not None:
                 curl.setopt(pycurl.CAINFO, self._ca_certs)
             with self._handles_lock:
-                self._handles.append(curl)
+                ended = [h for h in self._handles if not h[0].is_alive()]
+                self._handles = [h for h in self._handles if h[0].is_alive()]
+                self._handles.append((threading.current_thread(), curl))
+            for _thread, handle in ended:
+                handle.close()
             self._local.curl = curl
         return curl
 
@@ -209,7 +215,7 @@ class LeanHead:
         """Closes every thread's handle and its connection; not to be used afterwards."""
         with self._handles_lock:
             handles, self._handles = self._handles, []
-        for curl in handles:
+        for _thread, curl in handles:
             curl.close()
 
 

@@ -305,3 +305,34 @@ def test_a_kept_connection_the_server_closed_is_replaced_before_the_next_call(
         assert all(request.startswith(b"HEAD /bucket/k HTTP/1.1\r\n") for request in answered)
     finally:
         head.close()
+
+
+def test_the_connection_of_a_thread_that_ended_is_closed_when_another_thread_calls(
+    settings: Settings,
+    raw_server: Callable[[Callable[[socket.socket], None]], tuple[str, list[int]]],
+) -> None:
+    """A caller with a thread pool per call (each thread makes its own handle and keeps its
+    connection alive) does not pile up open connections."""
+    closed: list[int] = []
+
+    def keep_alive(conn: socket.socket) -> None:
+        while _read_request(conn):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n")
+        closed.append(1)
+        conn.close()
+
+    url, accepted = raw_server(keep_alive)
+    head = LeanHead(settings, f"{url}/bucket")
+    try:
+        for _ in range(3):
+            worker = threading.Thread(target=head.head_object, args=("k",))
+            worker.start()
+            worker.join()
+        # Each thread's handle closed the one of the thread before it: the last one's is open.
+        wait_for(lambda: len(closed) == 2, timeout=5)
+        assert len(accepted) == 3
+        assert head.head_object("k")["ContentLength"] == 3
+        wait_for(lambda: len(closed) == 3, timeout=5)
+        assert len(accepted) == 4
+    finally:
+        head.close()
