@@ -327,6 +327,50 @@ BEGIN
 END;
 $$;
 
+-- The matching verifies of a packed message in ONE statement (migration 0011).
+-- Each document is accepted by accept_verified, unchanged: the same locks, compare-and-set
+-- and writes, so a document is accepted here exactly when it would have been alone. Returns
+-- the events that were accepted; the others changed nothing and take the worker's general
+-- path. They are taken in the order of their owners' quota rows (then event id), so that two
+-- workers' batches lock quota rows in one order and cannot deadlock on them; a web request
+-- locks one owner's. An error rolls back the whole batch: every event then takes its own path
+-- as if alone.
+CREATE OR REPLACE FUNCTION s3outbox.accept_verified_many(
+    p_event_ids bigint[],
+    p_document_ids uuid[],
+    p_object_keys text[],
+    p_declared_sizes bigint[],
+    p_sha256s text[],
+    p_content_types text[],
+    p_sizes bigint[],
+    p_now timestamptz,
+    p_dedup boolean
+) RETURNS SETOF bigint
+LANGUAGE plpgsql
+-- The owners are read by primary key, whatever a cached plan was made on (migration 0009).
+SET enable_seqscan = off
+AS $$
+DECLARE
+    v_item record;
+BEGIN
+    FOR v_item IN
+        SELECT u.*
+        FROM unnest(p_event_ids, p_document_ids, p_object_keys, p_declared_sizes, p_sha256s,
+                    p_content_types, p_sizes)
+             AS u(event_id, document_id, object_key, declared_size, sha256, content_type, size)
+        LEFT JOIN s3outbox.documents d ON d.id = u.document_id
+        ORDER BY d.owner_id, u.event_id
+    LOOP
+        IF s3outbox.accept_verified(
+            v_item.event_id, v_item.document_id, v_item.object_key, v_item.declared_size,
+            v_item.sha256, v_item.content_type, v_item.size, p_now, p_dedup
+        ) IS NOT NULL THEN
+            RETURN NEXT v_item.event_id;
+        END IF;
+    END LOOP;
+END;
+$$;
+
 -- request_upload's usual path (content new to its owner) in ONE statement, so a web request
 -- pays one round trip for it inside its transaction (outbox/api.py). The same lock order as
 -- every path (the owner's quota row first); each statement takes a new snapshot, so the
@@ -458,5 +502,6 @@ INSERT INTO s3outbox.schema_migrations (version, name, checksum) VALUES
     (7, 'validate_blobs', 'aa13f2f9209bdeb19adc97057d3d766f90037eb9ed3e400bd59db7fdb922695b'),
     (8, 'one_statement_requests', '847eae0d1473eeab8a945fb0b6729c2759803f6ea14b6a5d4d90276fd83dd015'),
     (9, 'statistics_proof_verify', 'a9e3fa1ad8e985672011ee90a7adf7e3cf87ad04f1f8671d2d67547a0c6e0d6e'),
-    (10, 'waiting_by_blob_key', '8944778961c56eab2ca4195702b63fd8bdc2dbb7a2faed0a87a6b93a669c8815')
+    (10, 'waiting_by_blob_key', '8944778961c56eab2ca4195702b63fd8bdc2dbb7a2faed0a87a6b93a669c8815'),
+    (11, 'accept_verified_many', '2f3e2200d08f2ebc226a2a7d6ce829d5c68c9337577a53c577c98d8befedb559')
 ON CONFLICT (version) DO NOTHING;

@@ -121,7 +121,12 @@ def test_bench_quick_writes_every_figure(tmp_path: Path) -> None:
     for t in peers["throughput"]:
         assert {t["peer"], "machine"} <= set(t["cpu_cores_busy"])
     scaling = r["targets"]["two_vs_one_process"]
-    assert {"machine_cores_busy_2p", "machine_cpus", "saturated"} <= set(scaling)
+    assert {"machine_cores_busy_2p", "machine_cpus", "saturated", "met_by"} <= set(scaling)
+    # These targets, missed, carry the measured evidence of what saturated or where the time
+    # goes (each side's CPU per document or per call).
+    for name in ("vs_peers", "api_tx_vs_bare_insert_tx", "api_clients_vs_bare_insert"):
+        target = r["targets"][name]
+        assert target["met"] or target["evidence"], (name, target)
     assert "ms CPU per doc in s3-outbox" in proc.stdout
     mp = r["multipart"]
     sizes = [m * 2**20 for m in r["config"]["multipart_sizes_mib"]]

@@ -21,6 +21,7 @@ from outbox.constants import Topic
 from tests.support.core import ROOT, InlineWorker, dispatched_events, put, settings_env
 from tests.support.util import wait_for
 from tests.support.worker import (
+    ACCEPT_VERIFIED_MANY_SQL,
     ACCEPT_VERIFIED_SQL,
     LOCK_EVENT_SQL,
     START_ATTEMPTS_SQL,
@@ -405,6 +406,119 @@ def test_a_malformed_item_of_a_packed_message_is_skipped(
     items: list[Any] = [["x", 1, None], [1], "abc", None, [event_id, attempt, "not a hint"]]
     assert processor.process_many(items) == [Outcome.DONE]
     assert doc_row(settings, ticket.document.id)["status"] == DocumentStatus.AVAILABLE
+
+
+def as_packed(relay: Relay) -> list[list[Any]]:
+    """The items of one packed message made of the messages the relay sent (one event each)."""
+    return [[m.args[0], m.args[1], m.kwargs["hint"]] for m in sent_messages(relay)]
+
+
+def test_a_packed_messages_matching_verifies_end_in_one_transaction_the_others_alone(
+    outbox: Outbox, conn: Conn, settings: Settings, relay: Relay, processor: EventProcessor
+):
+    """Six matching documents of three owners (interleaved) are accepted by one statement:
+    their rows carry one transaction id. A document never uploaded and one whose object is
+    another body are not: each takes the general path alone (snoozed; rejected)."""
+    owners = ["carol", "dave", "erin"]
+    bodies = [body_of(1100 + i) for i in range(6)]
+    good = [upload(outbox, conn, owners[i % 3], b).document.id for i, b in enumerate(bodies)]
+    never = request(outbox, conn, "dave", body_of(1300)).document.id
+    confirm(outbox, conn, "dave", never)
+    other = request(outbox, conn, "erin", body_of(1400))
+    s3_client(settings).put_object(
+        Bucket=settings.s3_bucket, Key=other.document.object_key, Body=body_of(1400)
+    )
+    confirm(outbox, conn, "erin", other.document.id)
+    assert relay.run_once() == 8
+    items = as_packed(relay)
+    events = {e["document_id"]: e["id"] for e in query_verify_events(settings)}
+
+    outcomes = dict(zip((i[0] for i in items), processor.process_many(items), strict=True))
+    assert {outcomes[events[d]] for d in good} == {Outcome.DONE}
+    assert outcomes[events[never]] == Outcome.SNOOZED
+    assert outcomes[events[other.document.id]] == Outcome.DONE
+    transactions = query(
+        settings,
+        "SELECT id, xmin::text AS tx FROM s3outbox.documents WHERE id = ANY(%s)",
+        ([*good, other.document.id],),
+    )
+    by_id = {r["id"]: r["tx"] for r in transactions}
+    assert len({by_id[d] for d in good}) == 1, transactions
+    assert by_id[other.document.id] != by_id[good[0]]
+    assert doc_row(settings, other.document.id)["status"] == DocumentStatus.REJECTED
+    assert doc_row(settings, never)["status"] == DocumentStatus.UPLOADED
+    for i, doc_id in enumerate(good):
+        doc = doc_row(settings, doc_id)
+        assert (doc["status"], doc["charged_bytes"]) == (DocumentStatus.AVAILABLE, len(bodies[i]))
+    assert_quota(settings, "carol", len(bodies[0]) + len(bodies[3]), 0)
+    assert_quota(settings, "dave", len(bodies[1]) + len(bodies[4]), 1300)
+    assert_quota(settings, "erin", len(bodies[2]) + len(bodies[5]), 0)
+    # Delivered again: every event is finished, or (snoozed) on a later attempt.
+    assert processor.process_many(items) == [Outcome.SKIPPED] * 8
+
+
+def test_a_packed_accept_that_fails_leaves_each_event_to_its_own_path(
+    outbox: Outbox, conn: Conn, make_settings: Any, settings: Settings, relay: Relay
+):
+    """A web request holds one owner's quota row: the packed message's one statement gives
+    up after db_lock_timeout_seconds and changes nothing; then each event takes its own
+    path: that owner's fails and is retried, the others are accepted."""
+    bounded = make_settings(db_lock_timeout_seconds=0.3)
+    alice = upload(outbox, conn, "alice", body_of(1500)).document.id
+    bob = [upload(outbox, conn, "bob", body_of(1600 + i)).document.id for i in range(2)]
+    assert relay.run_once() == 3
+    items = as_packed(relay)
+    events = {e["document_id"]: e["id"] for e in query_verify_events(settings)}
+    pool = make_pool(bounded, max_size=2)
+    try:
+        processor = EventProcessor(bounded, pool, Storage(bounded))
+        with psycopg.connect(settings.database_url) as app:
+            app.execute("SELECT 1 FROM s3outbox.quotas WHERE owner_id = 'alice' FOR UPDATE")
+            run = Background(lambda: processor.process_many(items))
+            outcomes = dict(zip((i[0] for i in items), run.join(timeout=30), strict=True))
+            app.rollback()
+    finally:
+        pool.close()
+    assert outcomes[events[alice]] == Outcome.RETRY
+    assert [outcomes[events[d]] for d in bob] == [Outcome.DONE, Outcome.DONE]
+    (event,) = events_of(settings, alice)
+    assert (event["status"], event["failures"]) == ("pending", 1)
+    assert doc_row(settings, alice)["status"] == DocumentStatus.UPLOADED
+    assert all(doc_row(settings, d)["status"] == DocumentStatus.AVAILABLE for d in bob)
+    assert_quota(settings, "alice", 0, 1500)
+
+
+def test_two_packed_messages_lock_their_owners_in_one_order(
+    outbox: Outbox, conn: Conn, settings: Settings, relay: Relay, processor: EventProcessor
+):
+    """Message 1 holds owner a's then b's events, message 2 b's then a's (by event id). Each
+    statement takes its documents in the order of their owners, so while the first waits
+    (on a blob row another transaction holds) after locking a's quota row, the second
+    waits for that row instead of locking b's: once the blob is released, both end in
+    one transaction each (in event-id order the second held b, the first then waited for
+    it, a deadlock: one statement rolled back, its events accepted one by one)."""
+    docs = [upload(outbox, conn, o, body_of(1700 + i)).document.id for i, o in enumerate("abba")]
+    assert relay.run_once() == 4
+    items = {i[0]: i for i in as_packed(relay)}
+    events = {e["document_id"]: e["id"] for e in query_verify_events(settings)}
+    first = [items[events[docs[0]]], items[events[docs[1]]]]
+    second = [items[events[docs[2]]], items[events[docs[3]]]]
+    key = doc_row(settings, docs[0])["object_key"]
+    with psycopg.connect(settings.database_url) as app:
+        app.execute("SELECT 1 FROM s3outbox.blobs WHERE object_key = %s FOR UPDATE", (key,))
+        one = Background(lambda: processor.process_many(first))
+        wait_blocked(settings, ACCEPT_VERIFIED_MANY_SQL)
+        two = Background(lambda: processor.process_many(second))
+        wait_blocked(settings, ACCEPT_VERIFIED_MANY_SQL, count=2)
+        app.rollback()
+    assert one.join(timeout=30) == [Outcome.DONE] * 2
+    assert two.join(timeout=30) == [Outcome.DONE] * 2
+    rows = query(
+        settings, "SELECT id, xmin::text AS tx FROM s3outbox.documents WHERE id = ANY(%s)", (docs,)
+    )
+    tx = {r["id"]: r["tx"] for r in rows}
+    assert tx[docs[0]] == tx[docs[1]] != tx[docs[2]] == tx[docs[3]], rows
+    assert_quota(settings, "a", len(body_of(1700)) + len(body_of(1703)), 0)
 
 
 def query_verify_events(settings: Settings) -> list[dict[str, Any]]:

@@ -198,6 +198,8 @@ LOCK_EVENT_SQL = "%FROM s3outbox.events e WHERE e.id%FOR UPDATE%"
 LOCK_DOCUMENT_SQL = "%SELECT d.* FROM s3outbox.documents d WHERE d.id%FOR UPDATE%"
 # The verify fast path: one call that takes the same locks inside s3outbox.accept_verified.
 ACCEPT_VERIFIED_SQL = "%s3outbox.accept_verified(%"
+# The packed message's fast path: one statement for its matching verifies.
+ACCEPT_VERIFIED_MANY_SQL = "%s3outbox.accept_verified_many(%"
 # The start of an attempt waits for the event's row lock first (worker/events/queries.sql
 # lock_events), then compares and sets.
 START_ATTEMPTS_SQL = "%FROM s3outbox.events WHERE id = ANY(%FOR UPDATE%"

@@ -19,7 +19,15 @@ from outbox.constants import EventStatus, Topic
 from outbox.logs import log_context
 from outbox.settings import Settings
 from worker import metrics
-from worker.events import dedup, expire, lifecycle, multipart_create, purge, verify
+from worker.events import (
+    dedup,
+    expire,
+    lifecycle,
+    multipart_create,
+    purge,
+    verify,
+    verify_packed,
+)
 from worker.events.context import Context
 from worker.events.lifecycle import Outcome
 from worker.pool import Row, read_one
@@ -38,6 +46,13 @@ HANDLERS: dict[str, Handler] = {
 #: Timeouts of our own statements (db_lock_timeout_seconds, db_statement_timeout_seconds):
 #: the attempt failed and is retried; unlike a lost connection, they can be recorded.
 _TIMEOUTS = (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled)
+
+
+def _verifying(event: Row | None) -> bool:
+    """An event whose attempt started and that is a verify still to do (not dead)."""
+    return (
+        event is not None and event["topic"] == Topic.VERIFY and event["status"] != EventStatus.DEAD
+    )
 
 
 class EventProcessor:
@@ -70,9 +85,10 @@ class EventProcessor:
 
     def process_many(self, items: list[list[Any]], *, now: datetime | None = None) -> list[Outcome]:
         """Handle the events of a packed message, ``[event_id, attempt, hint]`` each: their
-        attempts start in one statement, then each is handled alone, in its own transaction,
-        as if it had its own message. A malformed item is skipped with a warning: its event
-        stays dispatched and is sent again later."""
+        attempts start in one statement; the verifies whose object matches are accepted
+        together in one more (``verify_packed``); every other event is then handled alone, in
+        its own transaction, as if it had its own message. A malformed item is skipped with
+        a warning: its event stays dispatched and is sent again later."""
         started = time.monotonic()
         parsed: list[tuple[int, int, Mapping[str, Any] | None]] = []
         for item in items:
@@ -84,10 +100,32 @@ class EventProcessor:
             except (TypeError, ValueError):
                 log.warning("skipping a malformed item of a packed message: %r", item)
         events = lifecycle.start(self.pool, self.settings, [(e, a) for e, a, _ in parsed], now)
-        return [
-            self.handle_started(events.get(event_id), event_id, attempt, now, hint, started)
-            for event_id, attempt, hint in parsed
+        packed = [
+            (event_id, hint)
+            for event_id, _, hint in parsed
+            if hint is not None and _verifying(events.get(event_id))
         ]
+        accepted: set[int] = set()
+        if len(packed) > 1:
+            try:
+                accepted = verify_packed.accept_packed(self.context, packed, now)
+            except TimeLimitExceeded:
+                # Interrupted before it knew: each event takes its own path, which finds
+                # any the statement accepted done (compare-and-set) and skips it.
+                accepted = set()
+        outcomes = []
+        for event_id, attempt, hint in parsed:
+            if event_id in accepted:
+                accepted.discard(event_id)  # an id twice in the message: done once
+                lifecycle.record(event_id, Topic.VERIFY, Outcome.DONE, started)
+                outcomes.append(Outcome.DONE)
+                continue
+            if len(packed) > 1:
+                hint = None  # its fast path was tried: the general path
+            outcomes.append(
+                self.handle_started(events.get(event_id), event_id, attempt, now, hint, started)
+            )
+        return outcomes
 
     def handle_started(
         self,

@@ -143,6 +143,15 @@ SELECT s3outbox.accept_verified(
     %(content_type)s, %(size)s, %(now)s::timestamptz, %(dedup)s
 ) AS event_id;
 
+-- name: accept_verified_many
+-- One statement, its own transaction (autocommit), for the matching verifies of a packed
+-- message: the events it accepted (s3outbox.accept_verified_many in schema.sql).
+SELECT event_id FROM s3outbox.accept_verified_many(
+    %(event_ids)s::bigint[], %(document_ids)s::uuid[], %(object_keys)s::text[],
+    %(declared_sizes)s::bigint[], %(sha256s)s::text[], %(content_types)s::text[],
+    %(sizes)s::bigint[], %(now)s::timestamptz, %(dedup)s
+) AS event_id;
+
 -- name: mark_refused
 -- uploaded -> rejected, or pending -> expired: reservation released, blob to be purged.
 UPDATE s3outbox.documents

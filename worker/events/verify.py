@@ -74,6 +74,21 @@ def handle(
         return lifecycle.complete(cur, event, now)
 
 
+def declared_by(hint: Mapping[str, Any]) -> tuple[str, Any, dict[str, Any]] | None:
+    """A verify message's hint as ``(document id, trace id, declared fields)``; None when it
+    is malformed (the event then takes the general path)."""
+    try:
+        declared = {
+            "object_key": str(hint["object_key"]),
+            "declared_size": int(hint["declared_size"]),
+            "sha256": str(hint["sha256"]),
+            "content_type": str(hint["content_type"]),
+        }
+        return str(hint["document_id"]), hint.get("trace_id"), declared
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def handle_hinted(
     ctx: Context, event_id: int, hint: Mapping[str, Any], now: datetime | None
 ) -> bool:
@@ -84,17 +99,10 @@ def handle_hinted(
     finished event): nothing was changed and the caller takes the general path, which reads
     what the database says.
     """
-    try:
-        declared = {
-            "object_key": str(hint["object_key"]),
-            "declared_size": int(hint["declared_size"]),
-            "sha256": str(hint["sha256"]),
-            "content_type": str(hint["content_type"]),
-        }
-        document_id = str(hint["document_id"])
-        trace_id = hint.get("trace_id")
-    except (KeyError, TypeError, ValueError):
+    parsed = declared_by(hint)
+    if parsed is None:
         return False
+    document_id, trace_id, declared = parsed
     with log_context(trace_id=trace_id, document_id=document_id):
         try:
             observation = observe(ctx.storage, ctx.settings, declared)
