@@ -141,8 +141,8 @@ def verify(event_id: int, attempt: int, hint: dict[str, Any] | None = None) -> N
 
 @dramatiq.actor(actor_name=VERIFY_MANY_ACTOR, **_ACTOR_OPTIONS)
 def verify_many(events: list[list[Any]]) -> None:
-    """Several verify events of a backlog, ``[event_id, attempt, hint]`` each, handled one
-    after the other, each in its own transaction."""
+    """Several verify events of a backlog, ``[event_id, attempt, hint]`` each: those whose
+    object matches accepted in one statement, every other one alone, in its own transaction."""
     processor().process_many(events)
 
 

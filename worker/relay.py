@@ -241,10 +241,11 @@ class Relay:
         a batch big enough to still make ``SPREAD_MESSAGES`` messages, or any batch while the
         workers are behind (Redis already holds that many messages for them). A message costs a
         worker more CPU than the verify itself (Dramatiq's fetch, decode, middleware and
-        ack); the events of a packed message are still handled one by one, each in its own
-        transaction. A rescued event (its message was lost, or its worker died) always
-        travels alone, so an event that kills its worker cannot use up its neighbours'
-        rescues.
+        ack); the matching verifies of a packed message are accepted in one statement
+        (worker/events/verify_packed.py), every other event alone in its own transaction, as
+        if it had its own message. A rescued event (its message was lost, or its worker
+        died) always travels alone, so an event that kills its worker cannot use up its
+        neighbours' rescues.
         """
         most = self.settings.relay_events_per_message
         packable = [r for r in rows if r[1] == Topic.VERIFY and r[5] is not None and not r[9]]
