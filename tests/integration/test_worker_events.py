@@ -488,6 +488,24 @@ def test_a_packed_accept_that_fails_leaves_each_event_to_its_own_path(
     assert_quota(settings, "alice", 0, 1500)
 
 
+def test_an_event_twice_in_a_packed_message_is_done_once(
+    outbox: Outbox, conn: Conn, settings: Settings, relay: Relay, processor: EventProcessor
+):
+    """A message that names one event twice (forged, or a relay bug): its document is
+    accepted and charged once, the event reported done once and skipped the second time."""
+    bodies = [body_of(1900 + i) for i in range(2)]
+    docs = [upload(outbox, conn, "alice", b).document.id for b in bodies]
+    assert relay.run_once() == 2
+    first, second = as_packed(relay)
+    assert processor.process_many([first, second, first]) == [
+        Outcome.DONE,
+        Outcome.DONE,
+        Outcome.SKIPPED,
+    ]
+    assert all(doc_row(settings, d)["status"] == DocumentStatus.AVAILABLE for d in docs)
+    assert_quota(settings, "alice", sum(len(b) for b in bodies), 0)
+
+
 def test_two_packed_messages_lock_their_owners_in_one_order(
     outbox: Outbox, conn: Conn, settings: Settings, relay: Relay, processor: EventProcessor
 ):
