@@ -327,17 +327,20 @@ def sent_messages(relay: Relay) -> list[Any]:
 def test_a_backlog_is_packed_and_every_event_is_handled_once(
     outbox: Outbox, conn: Conn, settings: Settings, relay: Relay, processor: EventProcessor
 ):
-    """70 verify events claimed at once -> 35 messages of 2 (at least SPREAD_MESSAGES
-    messages); handled, every document is available once and each event done once."""
+    """A batch of 2 x SPREAD_MESSAGES + 4 verify events claimed at once -> SPREAD_MESSAGES
+    + 2 messages of 2 (spread over at least SPREAD_MESSAGES messages, not packed 8 to a
+    message); handled, every document is available once and each event done once."""
     from worker.broker import VERIFY_MANY_ACTOR
     from worker.relay import SPREAD_MESSAGES
 
-    bodies = [body_of(700 + i) for i in range(70)]
+    count = 2 * SPREAD_MESSAGES + 4
+    assert settings.relay_events_per_message > 2
+    bodies = [body_of(700 + i) for i in range(count)]
     tickets = [upload(outbox, conn, f"owner-{i % 7}", b) for i, b in enumerate(bodies)]
-    assert relay.run_once() == 70
+    assert relay.run_once() == count
     messages = sent_messages(relay)
     assert {m.actor_name for m in messages} == {VERIFY_MANY_ACTOR}
-    assert len(messages) == 35 >= SPREAD_MESSAGES
+    assert sorted(len(m.args[0]) for m in messages) == [2] * (SPREAD_MESSAGES + 2)
     items = [item for m in messages for item in m.args[0]]
     dispatched = dict(dispatched_events(settings, "verify"))
     assert sorted((i[0], i[1]) for i in items) == sorted(dispatched.items())
@@ -351,7 +354,7 @@ def test_a_backlog_is_packed_and_every_event_is_handled_once(
         doc = doc_row(settings, t.document.id)
         assert doc["status"] == DocumentStatus.AVAILABLE, doc
         assert doc["charged_bytes"] == len(bodies[i])
-    for owner in {f"owner-{i % 7}" for i in range(70)}:
+    for owner in {f"owner-{i % 7}" for i in range(count)}:
         q = quota_row(settings, owner)
         assert q["used_bytes"] == charged_sum(settings, owner) and q["reserved_bytes"] == 0
 
@@ -365,8 +368,11 @@ def test_packing_follows_the_backlog_and_never_takes_a_rescued_event(
     from worker.broker import ACTOR_NAMES, VERIFY_MANY_ACTOR
     from worker.relay import Relay as RelayClass
 
+    from worker.relay import SPREAD_MESSAGES
+
+    assert SPREAD_MESSAGES == 8  # the rounds below count on it
     tickets = [upload(outbox, conn, "alice", body_of(900 + i)) for i in range(70)]
-    small = RelayClass(settings.model_copy(update={"relay_batch_size": 10}), relay.broker)
+    small = RelayClass(settings.model_copy(update={"relay_batch_size": 5}), relay.broker)
     try:
         while small.run_once():
             pass
@@ -375,10 +381,10 @@ def test_packing_follows_the_backlog_and_never_takes_a_rescued_event(
     messages = sent_messages(relay)
     singles = [m for m in messages if m.actor_name == ACTOR_NAMES[Topic.VERIFY]]
     packed = [m for m in messages if m.actor_name == VERIFY_MANY_ACTOR]
-    # Rounds of 10 with 0, 10, 20, 30 messages waiting: singles; then 40, 42, 44 waiting:
-    # each round of 10 packed as 8 + 2.
-    assert len(singles) == 40
-    assert sorted(len(m.args[0]) for m in packed) == [2, 2, 2, 8, 8, 8]
+    # Rounds of 5 with 0 and 5 messages waiting: singles; then 10, 11, 12, ... waiting:
+    # each round of 5 is one message.
+    assert len(singles) == 10
+    assert sorted(len(m.args[0]) for m in packed) == [5] * 12
 
     # Every message lost (never handled); the 70 events are rescued and sent again while
     # the queue still looks long: one message each all the same.
