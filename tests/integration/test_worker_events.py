@@ -366,9 +366,8 @@ def test_packing_follows_the_backlog_and_never_takes_a_rescued_event(
     (the workers are behind); then even small batches are packed. A rescued event always
     gets a message of its own."""
     from worker.broker import ACTOR_NAMES, VERIFY_MANY_ACTOR
-    from worker.relay import Relay as RelayClass
-
     from worker.relay import SPREAD_MESSAGES
+    from worker.relay import Relay as RelayClass
 
     assert SPREAD_MESSAGES == 8  # the rounds below count on it
     tickets = [upload(outbox, conn, "alice", body_of(900 + i)) for i in range(70)]

@@ -39,3 +39,12 @@ def test_signed_at_is_the_urls_sigv4_date() -> None:
     assert parse_qs(urlsplit(url).query)["X-Amz-Expires"] == ["90"]
     with pytest.raises(ValueError, match="X-Amz-Date"):
         signed_at("http://127.0.0.1/bucket/key?X-Amz-Expires=90")
+    # Only the parameter's own name counts, wherever it stands; its value is checked whole.
+    assert signed_at("http://h/b/k?a=1&X-Amz-Date=20261130T235959Z&b=2") == datetime(
+        2026, 11, 30, 23, 59, 59, tzinfo=UTC
+    )
+    with pytest.raises(ValueError, match="X-Amz-Date"):
+        signed_at("http://h/b/k?x-X-Amz-Date=20261130T235959Z")
+    for bad in ("20261130T2359Z", "20261130T235959", "2026113OT235959Z", "20261330T000000Z"):
+        with pytest.raises(ValueError):
+            signed_at(f"http://h/b/k?X-Amz-Date={bad}")
