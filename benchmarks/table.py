@@ -231,6 +231,8 @@ def _targets(targets: Json) -> list[str]:
                 f"{value} (2p: machine {t['machine_cores_busy_2p']} of {t['machine_cpus']:.0f}"
                 f" cores busy; saturated: {', '.join(t['saturated']) or 'none'})"
             )
+        if "by_processes" in t:
+            value = f"{value} ({', '.join(f'{k}: {v}' for k, v in t['by_processes'].items())})"
         lines.append(f"| {name} ({t['target']}) | {value} | {'yes' if t['met'] else 'NO'} |")
     return lines
 

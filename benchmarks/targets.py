@@ -106,6 +106,20 @@ def _scaling(r: Json, by: dict[tuple[int, int], float], largest: int) -> Json:
     }
 
 
+def _steady_p99(latency: list[Json]) -> Json:
+    """The steady p99 at every process count, met by the best of them (a deployment picks its
+    count; the README says what the others gave)."""
+    p99 = {f"{x['processes']}p": float(x["steady"]["p99_ms"]["median"]) for x in latency}
+    best = min(p99, key=p99.__getitem__)
+    return {
+        "value": p99[best],
+        "by_processes": p99,
+        "met_at": best if p99[best] <= 15 else None,
+        "target": "<= 15",
+        "met": p99[best] <= 15,
+    }
+
+
 def targets(r: Json) -> Json:
     """The issue's targets, evaluated on this run's medians."""
     e2e = r["end_to_end"]
@@ -129,9 +143,7 @@ def targets(r: Json) -> Json:
         "target": "<= 1.2 in our processes",
         "met": all(v <= 1.2 for v in cpu.values()),
     }
-    steady = [x for x in e2e["latency"]]
-    p99 = min(float(x["steady"]["p99_ms"]["median"]) for x in steady)
-    out["p99_steady_ms"] = {"value": p99, "target": "<= 15", "met": p99 <= 15}
+    out["p99_steady_ms"] = _steady_p99(e2e["latency"])
     per_call = r["api"]["per_call"]
     inserts = max(v["outbox_event_inserts"] for v in per_call.values())
     out["outbox_inserts_per_call"] = {"value": inserts, "target": "<= 1", "met": inserts <= 1}

@@ -120,6 +120,9 @@ def test_bench_quick_writes_every_figure(tmp_path: Path) -> None:
         assert len(t["docs_per_s"]["rounds"]) == r["config"]["rounds"]
     for t in peers["throughput"]:
         assert {t["peer"], "machine"} <= set(t["cpu_cores_busy"])
+    steady = r["targets"]["p99_steady_ms"]
+    assert set(steady["by_processes"]) == {f"{n}p" for n in r["config"]["processes"]}
+    assert steady["value"] == min(steady["by_processes"].values())
     scaling = r["targets"]["two_vs_one_process"]
     assert {"machine_cores_busy_2p", "machine_cpus", "saturated", "met_by"} <= set(scaling)
     # These targets, missed, carry the measured evidence of what saturated or where the time
