@@ -2,7 +2,7 @@
 the chaos run, the benchmark and the tests.
 
 Each child runs in its own process group (so a Dramatiq parent and its worker processes
-stop together), is owned by PID, gets a parent-death signal on Linux (it does not outlive
+are killed together), is owned by PID, gets a parent-death signal on Linux (it does not outlive
 the supervising process, even after a SIGKILL), and logs to ``<logdir>/<name>.log`` or, with
 no logdir, to our stdout with its name in front of each line.
 """
@@ -164,15 +164,20 @@ class Supervisor:
         self.stop_all([name])
 
     def stop_all(self, names: Sequence[str] | None = None) -> None:
-        """Stop ``names`` (default: every child) together: SIGTERM to each group, wait up to
+        """Stop ``names`` (default: every child) together: SIGTERM to each child, wait up to
         ``stop_timeout`` in all, SIGKILL what is left (a SIGKILLed Dramatiq parent can leave
-        worker processes behind in its group, so each group is SIGKILLed at the end)."""
+        worker processes behind in its group, so each group is SIGKILLed at the end).
+
+        SIGTERM goes to the child alone, not to its group: a Dramatiq parent passes it on to
+        its worker processes, and a worker process that gets a second SIGTERM while stopping
+        exits at once ("Killing worker process"), its messages in hand cut off. Sent to the
+        group, every worker process got two, so no stop was ever graceful."""
         with self._lock:
             chosen = [self.procs[n] for n in (names if names is not None else list(self.procs))]
             for proc in chosen:
                 if proc.poll() is None:
                     with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGTERM)
+                        os.kill(proc.pid, signal.SIGTERM)
             deadline = time.monotonic() + self.stop_timeout
             for proc in chosen:
                 try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 
 from outbox import DocumentStatus, Outbox, Settings
 from tests.support.core import Processes
+from tests.support.util import wait_for
 from tests.support.worker import (
     ACCEPT_VERIFIED_SQL,
     LOCK_DOCUMENT_SQL,
@@ -175,6 +177,45 @@ def test_worker_sigkill_with_its_verify_transaction_sent(
     assert event["status"] == "done" and event["failures"] == 0, event
     assert quota_row(settings, "alice")["used_bytes"] == len(body)
     assert_quota_consistent(settings, "alice", processes)
+
+
+def test_a_worker_stopped_with_sigterm_finishes_the_message_in_hand(
+    outbox: Outbox, conn: Conn, settings: Settings, processes: Processes
+) -> None:
+    """SIGTERM is a graceful stop: the Dramatiq parent passes it to its worker process, which
+    finishes the verify it is blocked in, acknowledges it and exits 0. The event is done in
+    its first attempt: nothing was left for a rescue."""
+    body = body_of(2900)
+    ticket = upload(outbox, conn, "alice", body)
+    doc_id = ticket.document.id
+    with row_locked(settings, "documents", doc_id) as holder:
+        processes.start("relay", "worker")
+        wait_procs(
+            processes,
+            lambda: _blocked(settings),
+            timeout=60,
+            what="the verify actor blocked on the document lock",
+        )
+        proc = processes.procs["worker"]
+        stopper = threading.Thread(target=processes.stop, args=("worker",))
+        stopper.start()
+        wait_for(
+            lambda: "Stopping worker process" in processes.log("worker"),
+            timeout=30,
+            message="the worker process to begin its stop",
+        )
+        assert proc.poll() is None  # still finishing the verify: the lock is held
+        holder.rollback()
+        stopper.join(timeout=60)
+    assert not stopper.is_alive()
+    log = processes.log("worker")
+    assert proc.returncode == 0, log[-3000:]
+    assert "Killing worker process" not in log, log[-3000:]
+    assert all_in(settings, [doc_id], DocumentStatus.AVAILABLE)
+    (event,) = all_events(settings)
+    assert event["status"] == "done", event
+    assert (event["attempts"], event["failures"], event["rescues"]) == (1, 0, 0), event
+    assert quota_row(settings, "alice")["used_bytes"] == len(body)
 
 
 def _blocked(settings: Settings) -> bool:
