@@ -192,7 +192,8 @@ class Presigner:
         if self._host is None:
             probe = AWSRequest(method="PUT", url=f"{self.bucket_url}/k")
             signer = S3SigV4QueryAuth(self._credentials, "s3", self._settings.s3_region)
-            self._host = str(signer.headers_to_sign(probe)["host"])
+            headers = signer.headers_to_sign(probe)
+            self._host = str(headers["host"])
         return self._host
 
     def put_url(
