@@ -3,9 +3,11 @@ the test's settings, against the real servers, including crashes and server rest
 
 from __future__ import annotations
 
+import contextlib
 import re
 import signal
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -154,17 +156,12 @@ def test_worker_sigkill_with_its_verify_transaction_sent(
     transaction. Killed while that statement waits on a lock, the worker is gone but the
     server has the whole statement: it commits as one unit when the lock is released. The
     document is available exactly once and its quota charged once."""
-    body = body_of(2700)
-    ticket = upload(outbox, conn, "alice", body)
-    doc_id = ticket.document.id
-    with row_locked(settings, "documents", doc_id) as holder:
-        processes.start("relay", "worker")
-        wait_procs(
-            processes,
-            lambda: _blocked(settings),
-            timeout=60,
-            what="the verify actor blocked on the document lock",
-        )
+    with _verify_blocked_on_its_document(outbox, conn, settings, processes, 2700) as (
+        ticket,
+        body,
+        holder,
+    ):
+        doc_id = ticket.document.id
         processes.kill("worker", signal.SIGKILL)
         holder.rollback()
     wait_procs(
@@ -185,17 +182,12 @@ def test_a_worker_stopped_with_sigterm_finishes_the_message_in_hand(
     """SIGTERM is a graceful stop: the Dramatiq parent passes it to its worker process, which
     finishes the verify it is blocked in, acknowledges it and exits 0. The event is done in
     its first attempt: nothing was left for a rescue."""
-    body = body_of(2900)
-    ticket = upload(outbox, conn, "alice", body)
-    doc_id = ticket.document.id
-    with row_locked(settings, "documents", doc_id) as holder:
-        processes.start("relay", "worker")
-        wait_procs(
-            processes,
-            lambda: _blocked(settings),
-            timeout=60,
-            what="the verify actor blocked on the document lock",
-        )
+    with _verify_blocked_on_its_document(outbox, conn, settings, processes, 2900) as (
+        ticket,
+        body,
+        holder,
+    ):
+        doc_id = ticket.document.id
         proc = processes.procs["worker"]
         stopper = threading.Thread(target=processes.stop, args=("worker",))
         stopper.start()
@@ -216,6 +208,26 @@ def test_a_worker_stopped_with_sigterm_finishes_the_message_in_hand(
     assert event["status"] == "done", event
     assert (event["attempts"], event["failures"], event["rescues"]) == (1, 0, 0), event
     assert quota_row(settings, "alice")["used_bytes"] == len(body)
+
+
+@contextlib.contextmanager
+def _verify_blocked_on_its_document(
+    outbox: Outbox, conn: Conn, settings: Settings, processes: Processes, size: int
+) -> Iterator[tuple[Any, bytes, Conn]]:
+    """A document of alice's uploaded, relay and worker started, and its verify blocked on
+    the document's row lock: ``(ticket, body, holder)``; the lock is held until ``holder``
+    rolls back or the block ends."""
+    body = body_of(size)
+    ticket = upload(outbox, conn, "alice", body)
+    with row_locked(settings, "documents", ticket.document.id) as holder:
+        processes.start("relay", "worker")
+        wait_procs(
+            processes,
+            lambda: _blocked(settings),
+            timeout=60,
+            what="the verify actor blocked on the document lock",
+        )
+        yield ticket, body, holder
 
 
 def _blocked(settings: Settings) -> bool:
